@@ -7,12 +7,12 @@ from __future__ import annotations
 import importlib, sys
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'usage', 'main']
+__all__ = ['SUBCOMMANDS', 'usage', 'main', 'demo_main']
 
 # %% ../nbs/13_cli.ipynb #88d398cb
 SUBCOMMANDS = {  # name: (module, help)
     'sample':    ('talkface.sample',    'write the synthetic ground-truth sample (and the bad-input corpus)'),
-    'demo':      ('talkface.demo',      'run every stage on the embedded sample and print where the outputs are'),
+    'demo':      ('talkface.cli',      'run every stage on the embedded sample and print where the outputs are'),
     'scenes':    ('talkface.scenes',    'split videos at shot changes'),
     'filter':    ('talkface.filters',   'score clips (duration, size, blur, hands, speech, faces) and keep or drop them'),
     'crop':      ('talkface.crop',      'crop one fixed square around the face per clip'),
@@ -53,3 +53,37 @@ def main(argv: list[str]|None = None) -> int:
     fn = getattr(mod, f'{cmd}_main', None) or getattr(mod, 'main')
     rc = fn(rest)
     return int(rc or 0)
+
+# %% ../nbs/13_cli.ipynb #9fc7dcf7
+def demo_main(argv: list[str]|None = None) -> int:
+    "`talkface demo [--output DIR] [--frames png|none]`: the whole pipeline on the embedded sample."
+    import argparse, shutil, time
+    from pathlib import Path
+    from talkface.core import setup_logging, TalkfaceError
+    from talkface.sample import demo_sample
+    from talkface.pipeline import RunConfig, run_pipeline, status_text
+    from talkface.report import write_report
+    p = argparse.ArgumentParser(prog='talkface demo', description=demo_main.__doc__)
+    p.add_argument('--output', default='demo_output'); p.add_argument('--frames', choices=['png', 'none'], default='png')
+    p.add_argument('--workers', type=int, default=0)
+    a = p.parse_args(argv)
+    out = Path(a.output).resolve()
+    t0 = time.time()
+    src = demo_sample()
+    (out / 'input').mkdir(parents=True, exist_ok=True)
+    for f in src.parent.glob(src.stem + '.*'):
+        if not (out / 'input' / f.name).exists(): shutil.copy2(f, out / 'input' / f.name)
+    root = out / 'data_processing'
+    setup_logging(root)
+    try:
+        run_pipeline(RunConfig(input=str(out / 'input'), output=str(root), frames=a.frames, workers=a.workers))
+        html, md = write_report(root)
+    except TalkfaceError as e:
+        print(f'talkface demo: {e}', file=sys.stderr); return 1
+    print(status_text(root))
+    print(f'\ninput:   {out / "input"}  (the ground-truth sample and its truth JSON)\noutputs: {root}')
+    for d in sorted({p.parent for p in root.rglob('*') if p.is_file() and not p.name.startswith('.')}):
+        n = sum(1 for f in d.iterdir() if f.is_file())
+        print(f'  {d.relative_to(root)}/  ({n} files)')
+    print(f'report:  {html}\n         {md}\n{time.time() - t0:.0f} s')
+    return 0
