@@ -12,8 +12,8 @@ from typing import Any, Callable, Iterable, Iterator
 # %% auto #0
 __all__ = ['STATUSES', 'log', 'VIDEO_EXTS', 'TMP_TAG', 'TalkfaceError', 'BadInput', 'MissingWeights', 'Skip', 'StageResult', 'ok',
            'skipped', 'failed', 'run_stage', 'clip_id', 'discover', 'Layout', 'atomic_path', 'write_bytes',
-           'write_text', 'write_json', 'save_npy', 'clean_tmp', 'Manifest', 'progress', 'run_each', 'setup_logging',
-           'package_dir', 'weights_dir', 'require_weights']
+           'write_text', 'write_json', 'save_npy', 'clean_tmp', 'is_complete', 'Manifest', 'progress', 'run_each',
+           'setup_logging', 'package_dir', 'weights_dir', 'require_weights']
 
 # %% ../nbs/00_core.ipynb #139d341b
 class TalkfaceError(Exception):
@@ -179,6 +179,32 @@ def _jsonable(o):
     if isinstance(o, Path): return str(o)
     if dataclasses.is_dataclass(o): return dataclasses.asdict(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+# %% ../nbs/00_core.ipynb #77b38a64
+def is_complete(path) -> bool:
+    "True when `path` exists and looks whole (PNG trailer, .npy size, JSON parse, non-empty file or folder)."
+    p = Path(path)
+    try:
+        if p.is_dir():
+            kids = [k for k in p.iterdir() if not k.name.startswith('.')]
+            return bool(kids) and all(is_complete(k) for k in kids)
+        if not p.is_file() or p.stat().st_size == 0: return False
+        suf = p.suffix.lower()
+        if suf == '.png':
+            with open(p, 'rb') as f:
+                f.seek(-12, os.SEEK_END)
+                return f.read(12)[4:8] == b'IEND'
+        if suf == '.npy':
+            import numpy as np
+            with open(p, 'rb') as f:
+                fmt = np.lib.format
+                version = fmt.read_magic(f)
+                shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+                need = f.tell() + int(np.prod(shape)) * dtype.itemsize
+            return p.stat().st_size >= need
+        if suf == '.json': json.loads(p.read_text(encoding='utf-8')); return True
+        return True
+    except (OSError, ValueError): return False
 
 # %% ../nbs/00_core.ipynb #7de7e9ea
 _SCHEMA = """CREATE TABLE IF NOT EXISTS results (

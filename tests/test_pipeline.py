@@ -1,0 +1,110 @@
+"`talkface run` end to end: layout, resume after SIGKILL, the Ray engine, status, batch."
+import hashlib, os, shutil, signal, sqlite3, subprocess, sys, time
+from pathlib import Path
+import pytest
+from talkface.core import Layout
+from talkface.pipeline import RunConfig, run_pipeline, status_text
+from talkface.sample import demo_sample
+
+BIN = Path(sys.executable).parent
+STAGES = 'scenes,filter,crop,convert,landmarks,pose,aus,audio'
+IGNORED = {'manifest.sqlite', 'manifest.sqlite-wal', 'manifest.sqlite-shm', 'talkface.log', '.talkface.lock'}
+
+
+def tree_hashes(root: Path) -> dict:
+    "sha256 of every output file under root, by relative path (the run's own records excluded)."
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob('*')) if p.is_file() and p.name not in IGNORED and not p.name.startswith('report')
+            and 'report_files' not in p.parts}
+
+
+def make_inputs(d: Path, copies: int = 1) -> Path:
+    "A folder with `copies` copies of the ground-truth sample."
+    src = demo_sample()
+    inp = d / 'input'; inp.mkdir(parents=True, exist_ok=True)
+    for i in range(copies): shutil.copy2(src, inp / f'sample{i}.mp4')
+    return inp
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+    "One uninterrupted run over two copies of the sample, with the local engine and 2 workers."
+    d = tmp_path_factory.mktemp('ref')
+    inp = make_inputs(d, 2)
+    m = run_pipeline(RunConfig(input=str(inp), output=str(d / 'out'), stages=STAGES, workers=2))
+    return inp, d / 'out', m.counts()
+
+
+def test_outputs_follow_the_original_layout(reference):
+    _, root, counts = reference
+    assert counts['scenes'] == {'ok': 2}
+    for st in ('filter', 'crop', 'convert', 'landmarks', 'pose', 'aus', 'audio'):
+        assert counts[st].get('ok', 0) == 4, (st, counts[st])   # two scenes per sample
+    lay = Layout(root)
+    clips = sorted(p.stem for p in lay.dir('videos_25fps').glob('*.mp4'))
+    assert len(clips) == 4
+    for c in clips:
+        assert lay.path('audios_16k', c, '.wav').exists()
+        assert (lay.path('frames', c) / '000001.png').exists()
+        assert lay.path('landmarks', c, '.txt').exists() and lay.path('landmarks', c, '.npy').exists()
+        assert lay.path('pose_data', c, '.npy').exists() and lay.path('pose_vis', c, '.mp4').exists()
+        assert (lay.path('aus', c) / f'{c}.csv').exists()
+        assert lay.path('mfcc', c, '.npy').exists()
+    assert not list(root.rglob('.*.tmp-*'))
+
+
+def test_status_counts_and_clips(reference):
+    _, root, _ = reference
+    text = status_text(root, clips=True)
+    assert 'landmarks' in text and 'sample0-Scene-001' in text
+    r = subprocess.run([BIN / 'talkface', 'status', str(root), '--clips'], capture_output=True, text=True)
+    assert r.returncode == 0 and 'sample1-Scene-002' in r.stdout
+
+
+def test_sigkill_then_rerun_gives_identical_outputs(reference, tmp_path):
+    inp, ref_root, _ = reference
+    out = tmp_path / 'out'
+    cmd = [str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(out), '--stages', STAGES, '--workers', '2']
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # kill the whole run (driver and workers) once some stages are done and others are running
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.5)
+        try:
+            n = sqlite3.connect(out / 'manifest.sqlite').execute("SELECT COUNT(*) FROM results WHERE stage='convert'").fetchone()[0]
+        except sqlite3.Error: n = 0
+        if n >= 1: break
+    assert proc.poll() is None, 'the run finished before it could be killed'
+    os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert 'Traceback' not in r.stderr
+    assert tree_hashes(out) == tree_hashes(ref_root)
+
+
+def test_ray_engine_gives_the_same_outputs(reference, tmp_path):
+    pytest.importorskip('ray')
+    inp, ref_root, _ = reference
+    out = tmp_path / 'out'
+    r = subprocess.run([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(out), '--stages', STAGES,
+                        '--engine', 'ray', '--workers', '2'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert tree_hashes(out) == tree_hashes(ref_root)
+
+
+def test_second_run_on_the_same_root_refuses(tmp_path):
+    from talkface.pipeline import RunLock
+    inp = make_inputs(tmp_path, 1)
+    (tmp_path / 'out').mkdir()
+    with RunLock(tmp_path / 'out'):
+        r = subprocess.run([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(tmp_path / 'out')],
+                           capture_output=True, text=True)
+    assert r.returncode == 1 and 'another talkface run is using this output folder' in r.stderr
+
+
+def test_read_only_output_is_refused_before_work(tmp_path):
+    if os.geteuid() == 0: pytest.skip('root can write to read-only folders')
+    ro = tmp_path / 'ro'; ro.mkdir(); ro.chmod(0o555)
+    r = subprocess.run([str(BIN / 'talkface'), 'run', '--input', str(make_inputs(tmp_path)), '--output', str(ro / 'out')],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and 'not writable' in r.stderr
