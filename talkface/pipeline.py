@@ -12,10 +12,10 @@ from .core import (BadInput, Layout, Manifest, StageResult, TalkfaceError, clean
                            failed, is_complete, log, ok, progress, run_stage, setup_logging)
 
 # %% auto #0
-__all__ = ['STAGES', 'DEFAULT_STAGES', 'NOTEBOOKS', 'Stage', 'RunConfig', 'stage_config', 'apply_settings', 'load_config', 'Task',
-           'execute', 'LocalEngine', 'RayEngine', 'RunLock', 'check_writable', 'effective_after', 'run_pipeline',
-           'status_text', 'stage_notebook', 'run_batch', 'run_parser', 'config_from_args', 'run_main', 'status_main',
-           'batch_main']
+__all__ = ['STAGES', 'DEFAULT_STAGES', 'NOTEBOOKS', 'Stage', 'RunConfig', 'stage_config', 'apply_settings', 'load_config',
+           'prepare', 'Task', 'execute', 'LocalEngine', 'RayEngine', 'RunLock', 'check_writable', 'effective_after',
+           'run_pipeline', 'status_text', 'stage_notebook', 'run_batch', 'run_parser', 'config_from_args', 'run_main',
+           'status_main', 'batch_main']
 
 # %% ../nbs/11_pipeline.ipynb #e3b82175
 @dataclass(frozen=True)
@@ -98,6 +98,32 @@ def load_config(path) -> dict:
     if not p.is_file(): raise BadInput(p, 'config file does not exist')
     try: return yaml.safe_load(p.read_text(encoding='utf-8')) or {}
     except yaml.YAMLError as e: raise BadInput(p, f'not valid YAML ({e})')
+
+# %% ../nbs/11_pipeline.ipynb #26b55107
+def prepare(run: RunConfig, registry=STAGES) -> dict[str, str]:
+    "Apply run-level settings to the stage configs; return {feature: reason} for what was skipped for lack of weights."
+    from talkface.faces import resolve_device
+    names, by = run.stage_list, {s.name: s for s in registry}
+    cfg = lambda n: stage_config(run, by[n]) if n in by and n in names else None
+    device = resolve_device(run.device)
+    for n in names:
+        c = stage_config(run, by[n]) if n in by else None
+        for f in ('device', 'computed_device'):
+            if c is not None and hasattr(c, f): setattr(c, f, device)
+    if cfg('crop') is not None and cfg('convert') is not None: cfg('crop').encode = False
+    if run.frames == 'none':
+        if cfg('convert') is not None: cfg('convert').extract_frames = False
+        for n in ('landmarks', 'pose', 'aus'):
+            if cfg(n) is not None: cfg(n).source = 'video'
+    skipped = {}
+    a = cfg('audio')
+    if a is not None and hasattr(a, 'features'):
+        from talkface.audio import available_features
+        avail = available_features(a)
+        extra = [f for f in ('hubert', 'whisper') if not avail.get(f)]
+        skipped = {f: avail[f] for f in ('hubert', 'whisper') if avail.get(f)}
+        a.features = tuple(dict.fromkeys([*a.features, *extra]))
+    return skipped
 
 # %% ../nbs/11_pipeline.ipynb #31b84851
 @dataclass
@@ -245,6 +271,8 @@ def run_pipeline(run: RunConfig, registry=STAGES, engine=None) -> Manifest:
     if not stages: raise TalkfaceError('--stages', 'no stage selected')
     after = {s.name: effective_after(s, names, registry) for s in stages}
     roots = [s for s in stages if not after[s.name]]
+    if registry is STAGES:
+        for feature, why in prepare(run, registry).items(): log.warning('audio: %s skipped: %s', feature, why)
     with RunLock(root):
         n_tmp = clean_tmp(root)
         if n_tmp: log.info('removed %d temporary files left by an interrupted run', n_tmp)
