@@ -4,16 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #5c24be1d
 from __future__ import annotations
-import contextlib, dataclasses, json, logging, os, re, shutil, sqlite3, sys, time, traceback, unicodedata
+import contextlib, dataclasses, errno, json, logging, os, re, shutil, sqlite3, sys, time, traceback, unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 # %% auto #0
-__all__ = ['STATUSES', 'log', 'VIDEO_EXTS', 'TMP_TAG', 'TalkfaceError', 'BadInput', 'MissingWeights', 'Skip', 'StageResult', 'ok',
-           'skipped', 'failed', 'run_stage', 'clip_id', 'discover', 'Layout', 'atomic_path', 'write_bytes',
-           'write_text', 'write_json', 'save_npy', 'clean_tmp', 'is_complete', 'Manifest', 'progress', 'run_each',
-           'setup_logging', 'package_dir', 'weights_dir', 'require_weights']
+__all__ = ['DISK_FULL', 'STATUSES', 'log', 'VIDEO_EXTS', 'TMP_TAG', 'TalkfaceError', 'BadInput', 'MissingWeights', 'Skip',
+           'OutOfSpace', 'StageResult', 'ok', 'skipped', 'failed', 'run_stage', 'clip_id', 'discover', 'Layout',
+           'atomic_path', 'write_bytes', 'write_text', 'write_json', 'save_npy', 'clean_tmp', 'is_complete', 'Manifest',
+           'progress', 'run_each', 'setup_logging', 'package_dir', 'weights_dir', 'require_weights']
 
 # %% ../nbs/00_core.ipynb #139d341b
 class TalkfaceError(Exception):
@@ -25,6 +25,9 @@ class TalkfaceError(Exception):
 class BadInput(TalkfaceError): "The input file can't be used: empty, corrupt, truncated or missing a stream."
 class MissingWeights(TalkfaceError): "A backend's weight file is not where it should be."
 class Skip(TalkfaceError): "The clip is readable but the stage has nothing to do with it (no face, no speech, ...)."
+class OutOfSpace(TalkfaceError): "The output disk is full or a file-size limit was reached: nothing is wrong with the clip."
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # errnos of a write that found no room
 
 # %% ../nbs/00_core.ipynb #d48c4ce2
 STATUSES = ('ok', 'skipped', 'failed')
@@ -55,13 +58,21 @@ def run_stage(fn: Callable, *args, **kwargs) -> StageResult:
         res = fn(*args, **kwargs)
         if res is None: res = StageResult()
     except Skip as e: res = skipped(str(e))
+    except OutOfSpace as e: res = failed(str(e), out_of_space=True)
     except TalkfaceError as e: res = failed(str(e))
     except MemoryError: res = failed(f"{args[0] if args else fn.__name__}: out of memory")
-    except Exception as e:
-        log.error("unexpected error in %s: %s", getattr(fn, '__name__', fn), traceback.format_exc())
-        res = failed(f"{args[0] if args else ''}: unexpected {type(e).__name__}: {e}")
+    except OSError as e:
+        if e.errno not in DISK_FULL: res = _unexpected(fn, args, e)
+        else: res = failed(str(OutOfSpace(e.filename or (args[0] if args else ''), f'cannot write: {e.strerror}',
+                                          'the output disk is full or a file-size limit was reached; make room and rerun')),
+                           out_of_space=True)
+    except Exception as e: res = _unexpected(fn, args, e)
     res.seconds = round(time.perf_counter() - t0, 4)
     return res
+
+def _unexpected(fn, args, e) -> StageResult:
+    log.debug("unexpected error in %s: %s", getattr(fn, '__name__', fn), traceback.format_exc())   # the log file only
+    return failed(f"{args[0] if args else ''}: unexpected {type(e).__name__}: {e}")
 
 # %% ../nbs/00_core.ipynb #50313ce4
 VIDEO_EXTS = ('.mp4', '.mov', '.mkv', '.webm', '.avi')

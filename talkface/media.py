@@ -4,17 +4,17 @@
 
 # %% ../nbs/01_media.ipynb #369ef244
 from __future__ import annotations
-import os, shutil, subprocess
+import os, re, shutil, signal, subprocess
 from dataclasses import dataclass, asdict
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 import numpy as np
-from .core import BadInput, TalkfaceError, log, package_dir
+from .core import BadInput, OutOfSpace, TalkfaceError, log, package_dir
 
 # %% auto #0
-__all__ = ['real_sample', 'ffmpeg_exe', 'ffpath', 'run_ffmpeg', 'Probe', 'probe', 'iter_frames', 'read_frame', 'load_audio',
-           'save_wav']
+__all__ = ['real_sample', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'run_ffmpeg', 'Probe', 'error_text', 'probe', 'iter_frames',
+           'read_frame', 'load_audio', 'save_wav']
 
 # %% ../nbs/01_media.ipynb #0bd8dc19
 def real_sample() -> Path|None:
@@ -37,14 +37,31 @@ def ffpath(p) -> str:
     "An ffmpeg-safe spelling of a local path."
     return 'file:' + str(Path(p).resolve())
 
-def run_ffmpeg(args: list, src, timeout: float = 600, what: str = 'ffmpeg') -> subprocess.CompletedProcess:
-    "Run ffmpeg with `args` (a list); raise `TalkfaceError` naming `src` on failure or timeout."
+def ffmpeg_timeout(timeout: float|None = None) -> float:
+    "The time limit (s) of one ffmpeg call: `$TALKFACE_FFMPEG_TIMEOUT` when set, else `timeout`, else 600."
+    env = os.environ.get('TALKFACE_FFMPEG_TIMEOUT', '').strip()
+    if env:
+        try: return float(env)
+        except ValueError: raise TalkfaceError('TALKFACE_FFMPEG_TIMEOUT', f"'{env}' is not a number of seconds")
+    return float(timeout or 600)
+
+_FULL = ('No space left on device', 'File too large', 'Disk quota exceeded')
+_ROOM = 'the output disk is full or a file-size limit was reached; make room and rerun'
+
+def run_ffmpeg(args: list, src, timeout: float|None = None, what: str = 'ffmpeg') -> subprocess.CompletedProcess:
+    "Run ffmpeg with `args` (a list, never a shell); raise `TalkfaceError` naming `src` on failure or timeout."
     cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-y', *map(str, args)]
-    try: r = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired: raise TalkfaceError(src, f'{what} timed out after {timeout:g} s')
-    if r.returncode != 0:
-        err = [l for l in r.stderr.decode('utf-8', 'replace').splitlines() if l.strip()]
-        raise TalkfaceError(src, f'{what} failed: ' + ('; '.join(err[-3:]) or f'exit code {r.returncode}'))
+    limit = ffmpeg_timeout(timeout)
+    try: r = subprocess.run(cmd, capture_output=True, timeout=limit)
+    except subprocess.TimeoutExpired:   # subprocess.run has killed it
+        raise TalkfaceError(src, f'{what} timed out after {limit:g} s and was stopped',
+                            'a damaged file can make ffmpeg hang; set TALKFACE_FFMPEG_TIMEOUT for a longer limit')
+    if r.returncode == 0: return r
+    err = [l for l in r.stderr.decode('utf-8', 'replace').splitlines() if l.strip()]
+    if r.returncode == -signal.SIGXFSZ: raise OutOfSpace(src, f'{what} could not write its output (file-size limit)', _ROOM)
+    if any(f in l for l in err for f in _FULL): raise OutOfSpace(src, f'{what} could not write its output ({err[-1]})', _ROOM)
+    if r.returncode < 0: raise TalkfaceError(src, f'{what} was killed by {signal.Signals(-r.returncode).name}')
+    raise TalkfaceError(src, f'{what} failed: ' + ('; '.join(err[-3:]) or f'exit code {r.returncode}'))
     return r
 
 # %% ../nbs/01_media.ipynb #33f67c5c
@@ -69,6 +86,17 @@ class Probe:
     audio_duration: float = 0.0
     def dict(self): return asdict(self)
 
+_PLAIN = {'Invalid data found when processing input': 'no known audio or video format inside: an error page, '
+                                                      'a partial download or another kind of file?'}
+
+def error_text(e: BaseException) -> str:
+    "A short reason from a decoder error, without error numbers, class names or the file path (the caller names the file)."
+    s = getattr(e, 'strerror', None) or getattr(e, 'error_string', None) or str(e) or type(e).__name__
+    s = _PLAIN.get(s, s)
+    s = re.sub(r'\[Errno -?\d+\]\s*', '', str(s))
+    s = re.sub(r"""(?:\s*(?:in|of|for|opening|:))?\s*(['"])(?:file:)?/[^'"]*\1""", '', s)   # quoted absolute paths
+    return s.strip(' :.') or type(e).__name__
+
 def _open(path):
     import av
     p = Path(path)
@@ -76,7 +104,7 @@ def _open(path):
     if p.is_dir(): raise BadInput(p, 'is a folder, not a media file')
     if p.stat().st_size == 0: raise BadInput(p, 'file is empty (0 bytes)')
     try: return av.open(str(p), metadata_errors='ignore')
-    except Exception as e: raise BadInput(p, f'not a readable media file ({type(e).__name__}: {e})')
+    except Exception as e: raise BadInput(p, f'not a readable media file ({error_text(e)})')
 
 def probe(path) -> Probe:
     "Probe `path`: streams, exact frame count, fps, size, audio rate. Raises `BadInput` when unreadable."
@@ -98,7 +126,7 @@ def probe(path) -> Probe:
                     if pkt.size == 0: continue
                     n += 1
                     if pkt.pts is not None: last = max(last, float((pkt.pts + (pkt.duration or 0)) * pkt.time_base))
-            except Exception as e: raise BadInput(p, f'video stream is corrupt after {n} frames ({e})')
+            except Exception as e: raise BadInput(p, f'video stream is corrupt after {n} frames ({error_text(e)})')
             if n == 0: raise BadInput(p, 'video stream has no frames')
             if v.frames and n < v.frames: raise BadInput(p, f'file is truncated: {n} of {v.frames} frames present')
             start = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
@@ -138,7 +166,7 @@ def iter_frames(path, gray: bool = False, size=None, step: int = 1, threads: int
                     n += 1
                 i += 1
         except av.error.FFmpegError as e:
-            raise BadInput(p, f'video stream is corrupt after {i} frames ({e})')
+            raise BadInput(p, f'video stream is corrupt after {i} frames ({error_text(e)})')
     if i == 0: raise BadInput(p, 'video stream has no decodable frames')
 
 def read_frame(path, index: int = 0, **kw) -> np.ndarray:
@@ -155,7 +183,7 @@ def load_audio(path, sr: int = 16000, mono: bool = True) -> np.ndarray:
     if p.suffix.lower() in ('.wav', '.flac') and p.is_file() and p.stat().st_size > 0:
         import soundfile as sf
         try: info = sf.info(str(p))
-        except Exception as e: raise BadInput(p, f'not a readable audio file ({e})')
+        except Exception as e: raise BadInput(p, f'not a readable audio file ({error_text(e)})')
         if info.samplerate == sr and (info.channels == 1 or not mono):
             x, _ = sf.read(str(p), dtype='float32', always_2d=True)
             if len(x) == 0: raise BadInput(p, 'audio stream is empty')
@@ -170,7 +198,7 @@ def load_audio(path, sr: int = 16000, mono: bool = True) -> np.ndarray:
             for frame in c.decode(a):
                 for f in rs.resample(frame): chunks.append(f.to_ndarray())
             for f in rs.resample(None): chunks.append(f.to_ndarray())
-        except av.error.FFmpegError as e: raise BadInput(p, f'audio stream is corrupt ({e})')
+        except av.error.FFmpegError as e: raise BadInput(p, f'audio stream is corrupt ({error_text(e)})')
     if not chunks: raise BadInput(p, 'audio stream is empty')
     x = np.concatenate(chunks, axis=1)  # packed 'flt': (1, n*channels)
     return x.reshape(-1) if mono else x.reshape(-1, len(a.layout.channels))

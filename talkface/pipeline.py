@@ -4,11 +4,11 @@
 
 # %% ../nbs/11_pipeline.ipynb #4384028b
 from __future__ import annotations
-import argparse, dataclasses, fcntl, importlib, json, os, sys, time, typing
+import argparse, dataclasses, fcntl, importlib, json, logging, os, sqlite3, sys, time, typing
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import (BadInput, Layout, Manifest, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
+from .core import (BadInput, Layout, Manifest, OutOfSpace, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
                            failed, is_complete, log, ok, progress, run_stage, setup_logging)
 
 # %% auto #0
@@ -20,7 +20,7 @@ __all__ = ['STAGES', 'DEFAULT_STAGES', 'NOTEBOOKS', 'Stage', 'RunConfig', 'stage
 # %% ../nbs/11_pipeline.ipynb #e3b82175
 @dataclass(frozen=True)
 class Stage:
-    "A pipeline stage: `func(clip, layout, cfg) -> StageResult`, given as 'module:name' so workers import it lazily."
+    "A pipeline stage: `func(clip, layout, cfg) -> StageResult` (a fan-out stage: `func(src_path, layout, cfg, name=clip)`), given as 'module:name'."
     name: str
     func: str
     config: str
@@ -134,12 +134,21 @@ class Task:
     source: str
     priority: float = 0.0
 
+def _worker_logging(root):
+    "In a worker process where logging is not set up: everything to `<root>/talkface.log`, nothing on the screen."
+    if log.handlers: return
+    fh = logging.FileHandler(Path(root) / 'talkface.log', encoding='utf-8'); fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter('%(asctime)s %(process)d %(levelname)s %(message)s'))
+    log.addHandler(fh); log.setLevel(logging.DEBUG); log.propagate = False
+
 def execute(task: Task, root: str, run: RunConfig, registry=STAGES) -> StageResult:
     "Run one task in the current process (what every engine's workers call)."
+    _worker_logging(root)
     st = {s.name: s for s in registry}[task.stage]
     layout = Layout(root)
-    arg = Path(task.source) if st.fanout else task.clip
-    return run_stage(lambda a: _load(st.func)(a, layout, stage_config(run, st)), arg)
+    if st.fanout:   # named by the run's clip id, so that a.mp4 and a.mov (clips 'a' and 'a_mov') never share outputs
+        return run_stage(lambda a: _load(st.func)(a, layout, stage_config(run, st), name=task.clip), Path(task.source))
+    return run_stage(lambda a: _load(st.func)(a, layout, stage_config(run, st)), task.clip)
 
 def _init_worker(threads: int):
     os.environ.setdefault('OMP_NUM_THREADS', str(threads))
@@ -180,6 +189,11 @@ class LocalEngine:
                 try: res = f.result()
                 except Exception as e: res = failed(f"{task.clip}: worker crashed ({type(e).__name__}: {e})")
                 yield task, res
+
+    def cancel(self):
+        "Drop the tasks that have not started (they have no manifest row, so a rerun does them)."
+        self.queue.clear()
+        for f in [f for f in self.futures if f.cancel()]: self.futures.pop(f)
 
     def close(self):
         if self.pool is not None: self.pool.shutdown(wait=True, cancel_futures=True)
@@ -284,13 +298,16 @@ def run_pipeline(run: RunConfig, registry=STAGES, engine=None) -> Manifest:
                 for cid, p in inputs.items(): _link_into(p, layout.path(s.reads, cid, '.mp4'))
         engine = engine or (RayEngine(run.workers, run.ray_address, _use_gpu(run)) if run.engine == 'ray' else LocalEngine(run.workers))
         status = defaultdict(dict)   # clip -> {stage: status}
+        halt = []                     # set when a write found no room: submit nothing more
 
         def submit(stage: Stage, clip: str, source: str, prio: float):
-            if stage.name in status[clip]: return
+            if halt or stage.name in status[clip]: return
             if not all(status[clip].get(a) == 'ok' for a in after[stage.name]): return
             status[clip][stage.name] = 'running'
             prev = manifest.get(clip, stage.name)
-            if _done(prev) or (prev is not None and (prev.status == 'skipped' or (prev.status == 'failed' and not run.retry_failed))):
+            final = prev is not None and (prev.status == 'skipped' or (prev.status == 'failed' and not run.retry_failed
+                                                                        and not prev.figures.get('out_of_space')))
+            if _done(prev) or final:
                 advance(stage, clip, source, prio, prev, fresh=False)
             else: engine.submit(Task(stage.name, clip, str(source), prio), root, run, registry)
 
@@ -312,40 +329,84 @@ def run_pipeline(run: RunConfig, registry=STAGES, engine=None) -> Manifest:
             for task, res in engine.results():
                 st = next(s for s in stages if s.name == task.stage)
                 (log.info if res.ok else log.warning)('%s %s %s %s', task.stage, task.clip, res.status, res.reason)
+                if res.figures.get('out_of_space') and not halt:
+                    halt.append(res.reason); log.error('no room to write outputs: stopping after the running tasks')
+                    getattr(engine, 'cancel', lambda: None)()
                 advance(st, task.clip, task.source, task.priority, res, fresh=True)
                 bar.update(1)
         finally:
             bar.close(); engine.close()
+        if halt: raise OutOfSpace(root, 'the run stopped: no room to write outputs',   # the first failure is logged above
+                                  'make room and run the same command again: finished outputs are kept, the rest resumes')
         return manifest
 
 def _use_gpu(run: RunConfig) -> bool:
     from talkface.faces import resolve_device
     return resolve_device(run.device) == 'cuda'
 
-# %% ../nbs/11_pipeline.ipynb #860de243
+# %% ../nbs/11_pipeline.ipynb #c73cb8ef
 def _why(reason: str) -> str:
     "A reason without the file name in front, for grouping."
     return reason.split(': ', 1)[1] if ': ' in reason else reason
 
-def status_text(root, clips: bool = False, registry=STAGES, top: int = 8) -> str:
-    "Counts per stage and top failure reasons of an output root (and, with `clips`, one line per clip)."
+def _stop(rows: list[dict], order: list[str]) -> dict:
+    "The row where one clip stopped: its first row that is not ok, else its last stage."
+    rows = sorted(rows, key=lambda r: (order.index(r['stage']) if r['stage'] in order else len(order), r['updated']))
+    return next((r for r in rows if r['status'] != 'ok'), rows[-1])
+
+def _by_input(rows: list[dict], registry=STAGES) -> dict[str, tuple[dict|None, list[str]]]:
+    "`{input clip: (its fan-out row or None, [the clips made from it])}`; an input without a fan-out row is its own clip."
+    fan = {s.name for s in registry if s.fanout}
+    made, parent = {}, {}
+    for r in rows:
+        if r['stage'] in fan:
+            kids = [clip_id(o) for o in r['outputs']] if r['status'] == 'ok' else []
+            made[r['clip']] = (r, kids)
+            parent.update({k: r['clip'] for k in kids if k != r['clip']})
+    return {c: made.get(c, (None, [c])) for c in sorted({r['clip'] for r in rows}) if c not in parent}
+
+def _input_line(cid: str, fan: dict|None, kids: list[str], by_clip: dict, order: list[str]) -> tuple[str, str, str]:
+    "(stage, status, reason) of one input file."
+    if fan is not None and (fan['status'] != 'ok' or not kids):
+        return fan['stage'], fan['status'], _why(fan['reason']) or ('no scenes' if fan['status'] == 'ok' else '')
+    stops = {k: _stop(by_clip[k], order) if by_clip.get(k) else None for k in kids}
+    if len(stops) == 1:
+        r = next(iter(stops.values()))
+        return (r['stage'], r['status'], _why(r['reason'])) if r else (fan['stage'], 'pending', 'not run yet')
+    short = lambda k: k[len(cid) + 1:] if k.startswith(cid + '-') else k
+    done = [r for r in stops.values() if r and r['status'] == 'ok']
+    sts = {(r['stage'], r['status']) if r else ('-', 'pending') for r in stops.values()}
+    if len(sts) == 1 and done:
+        return done[0]['stage'], 'ok', f'{len(kids)} scenes'
+    if len(sts) == 1 and None not in stops.values():
+        r = next(iter(stops.values()))
+        return r['stage'], r['status'], f"all {len(kids)} scenes: " + ' | '.join(dict.fromkeys(_why(x['reason']) for x in stops.values()))
+    bad = [f"{short(k)}: {r['stage']} {r['status']}: {_why(r['reason'])}" if r else f'{short(k)}: not run yet'
+           for k, r in stops.items() if not (r and r['status'] == 'ok')]
+    stage = max((r['stage'] for r in done), key=lambda st: order.index(st) if st in order else -1) if done else fan['stage']
+    return stage, 'partial' if done else 'failed', f'{len(done)} of {len(kids)} scenes ok; ' + '; '.join(bad)
+
+def status_text(root, clips: bool = False, registry=STAGES, top: int = 8, scenes: bool = False) -> str:
+    "Counts per stage and top failure reasons of an output root; with `clips`, one line per input file (per clip with `scenes`)."
     mpath = Path(root) / 'manifest.sqlite'
     if not mpath.exists(): raise TalkfaceError(root, 'no manifest here', 'run `talkface run` with this --output first')
     m = Manifest(root)
-    rows, counts = m.rows(), m.counts()
+    try: rows, counts = m.rows(), m.counts()
+    finally: m.close()
     order = [s.name for s in registry] + sorted(set(counts) - {s.name for s in registry})
     lines = [f"{'stage':<10} {'ok':>6} {'skipped':>8} {'failed':>7}"]
     lines += [f"{s:<10} {counts[s].get('ok', 0):>6} {counts[s].get('skipped', 0):>8} {counts[s].get('failed', 0):>7}" for s in order if s in counts]
     why = Counter(f"{r['stage']} {r['status']}: {_why(r['reason'])}" for r in rows if r['status'] != 'ok')
     if why:
         lines += ['', 'top reasons:'] + [f"{n:>5}  {w}" for w, n in why.most_common(top)]
-    if clips:
-        last = {}
-        for r in sorted(rows, key=lambda r: (order.index(r['stage']) if r['stage'] in order else 99, r['updated'])):
-            if r['clip'] not in last or last[r['clip']]['status'] == 'ok': last[r['clip']] = r
-        lines += ['', f"{'clip':<40} {'stage':<10} {'status':<8} reason"]
-        lines += [f"{c:<40} {r['stage']:<10} {r['status']:<8} {_why(r['reason'])}" for c, r in sorted(last.items())]
-    m.close()
+    if clips or scenes:
+        by_clip = defaultdict(list)
+        for r in rows: by_clip[r['clip']].append(r)
+        if scenes: table = {c: (lambda r: (r['stage'], r['status'], _why(r['reason'])))(_stop(rs, order)) for c, rs in by_clip.items()}
+        else: table = {c: _input_line(c, fan, kids, by_clip, order) for c, (fan, kids) in _by_input(rows, registry).items()}
+        w = max([40, *map(len, table)])
+        lines += ['', f"{'clip' if scenes else 'input clip':<{w}} {'stage':<10} {'status':<8} reason"]
+        lines += [f"{c:<{w}} {st:<10} {status:<8} {reason}" for c, (st, status, reason) in sorted(table.items())]
     return '\n'.join(lines)
 
 # %% ../nbs/11_pipeline.ipynb #bb16230b
@@ -422,15 +483,20 @@ def run_main(argv=None) -> int:
     "`talkface run`."
     p, flags = run_parser()
     args = p.parse_args(argv)
+    out = args.output or RunConfig.output
     try:
         run = config_from_args(args, flags)
+        out = run.output
         setup_logging(check_writable(run.output), args.verbose)
         t0 = time.time()
         m = run_pipeline(run)
     except TalkfaceError as e:
         print(f'talkface run: {e}', file=sys.stderr); return 1
     except OSError as e:   # the output disk itself: full, file-size limit, gone
-        print(f'talkface run: {e.filename or run.output}: cannot write ({e.strerror}); finished outputs are kept, '
+        print(f'talkface run: {e.filename or out}: cannot write ({e.strerror}); finished outputs are kept, '
+              'rerun to resume', file=sys.stderr); return 1
+    except sqlite3.Error as e:   # the manifest could not be written (a full disk, most often)
+        print(f'talkface run: {Path(out) / "manifest.sqlite"}: cannot update the manifest ({e}); finished outputs are kept, '
               'rerun to resume', file=sys.stderr); return 1
     print(status_text(run.output))
     print(f'\n{time.time() - t0:.1f} s. outputs: {Path(run.output).resolve()}  (manifest: manifest.sqlite, log: talkface.log)')
@@ -438,11 +504,12 @@ def run_main(argv=None) -> int:
     return 0
 
 def status_main(argv=None) -> int:
-    "`talkface status ROOT [--clips]`."
+    "`talkface status ROOT [--clips] [--scenes]`."
     p = argparse.ArgumentParser(prog='talkface status', description='Counts per stage and failure reasons of an output root.')
-    p.add_argument('root'); p.add_argument('--clips', action='store_true', help='one line per clip: the stage where it stopped')
+    p.add_argument('root'); p.add_argument('--clips', action='store_true', help='one line per input file: the stage where it stopped, status, reason')
+    p.add_argument('--scenes', action='store_true', help='one line per clip in the manifest (inputs and their scene clips) instead')
     a = p.parse_args(argv)
-    try: print(status_text(a.root, a.clips))
+    try: print(status_text(a.root, a.clips, scenes=a.scenes))
     except TalkfaceError as e: print(f'talkface status: {e}', file=sys.stderr); return 1
     return 0
 

@@ -422,11 +422,12 @@ BAD_INPUTS = [
     ('two_faces.mp4', 'two faces', 'the speaker plus a smaller mirrored copy in a picture-in-picture; crop takes the largest face',
      _ok(), ('ff', lambda c: ['-i', c['base'], '-filter_complex', '[0:v]split[a][b];[b]scale=256:144,hflip[s];[a][s]overlay=W-w-8:H-h-8',
                              *_H264, *_AAC])),
-    ('face_leaves_frame.mp4', 'face leaves the frame half-way', 'the face is centred for 1.2 s, then slides out to the right and is gone by 2 s: '
-     'a face in 2 of 3 frames passes the filter, but a fixed crop cannot hold it', _skip('crop', 'leaves'),
-     ('ff', lambda c: ['-ss', c['start'], '-t', 2.5, '-i', c['src'], '-vf',
-                       "pad=2200:720:0:0:color=0x5a6e82,crop=w=640:h=720:x='if(lt(t,1.2),335,min(1500,335+(t-1.2)*1400))':y=0,scale=320:360",
-                       *_H264, *_AAC])),
+    ('face_leaves_frame.mp4', 'face leaves the frame half-way', 'the speaker stays put for 1.4 s, then walks out to the right (over a still '
+     'background, so no scene cut) and is gone by 2.2 s of 4 s: a face in 3 of 4 sampled seconds passes the filter, but a fixed crop '
+     'cannot hold it', _skip('crop', 'leaves'),
+     ('ff', lambda c: ['-ss', round(max(0.0, c['shot1'] - 4.3), 3), '-t', round(min(4.0, c['shot1'] - 0.3), 3), '-i', c['src'], '-filter_complex',
+                       "[0:v]split[a][b];[a]drawbox=x=0:y=0:w=iw:h=ih:color=0x5a6e82:t=fill,noise=alls=30[bg];[b]crop=400:460:440:110[f];"
+                       "[bg][f]overlay=x='if(lt(t,1.4),440,440+(t-1.4)*1000)':y=110,scale=640:360", *_H264, *_AAC])),
     ('vfr.mp4', 'variable frame rate', 'frame durations that vary from 20 to 47 ms (a phone recording)', _ok(),
      ('ff', lambda c: ['-i', c['base'], '-vf', "settb=1/90000,setpts='(N+0.45*sin(N*0.9))/(29.97*TB)'", '-fps_mode', 'passthrough',
                        '-enc_time_base', 'filter', *_H264, *_AAC])),
@@ -503,7 +504,7 @@ def make_bad_inputs(out_dir, source=None) -> list[Path]:
         run_ffmpeg(['-ss', start, '-t', 2.5, '-i', ffpath(src), '-vf', 'scale=640:360', *_H264, *_AAC, '-movflags', '+faststart', ffpath(base)], src)
         wav = Path(tmp) / 'voice.wav'
         run_ffmpeg(['-i', ffpath(base), '-vn', '-c:a', 'pcm_s16le', ffpath(wav)], base)
-        ctx = dict(src=ffpath(src), base=base, wav=wav, start=start)
+        ctx = dict(src=ffpath(src), base=base, wav=wav, start=start, shot1=truth['cut_frame'] / truth['fps'])   # shot1: its length (s)
         for name, kind, desc, expect, (how, fn) in BAD_INPUTS:
             dest = out_dir / name
             with atomic_path(dest) as tmpf:

@@ -1,5 +1,5 @@
 "Shared fixtures: one uninterrupted pipeline run over the ground-truth sample, reused by several test files."
-import hashlib, shutil, sys
+import hashlib, json, shutil, sys
 from pathlib import Path
 import pytest
 from talkface.pipeline import RunConfig, run_pipeline
@@ -10,9 +10,30 @@ STAGES = 'scenes,filter,crop,convert,landmarks,pose,aus,audio'
 IGNORED = {'manifest.sqlite', 'manifest.sqlite-wal', 'manifest.sqlite-shm', 'talkface.log', '.talkface.lock'}
 
 
+TIMINGS = {'seconds', 'detect_s', 'split_s', 'measure_s'}   # how long a step took: differs from run to run
+
+
+def _stable(o, root: str):
+    "A JSON value without timings, and with the output root's path written as <root>."
+    if isinstance(o, dict):
+        return {k: _stable(v, root) for k, v in o.items()
+                if k not in TIMINGS and not (k == 'fps' and 'seconds' in o)}   # landmarks' fps is a throughput
+    if isinstance(o, list): return [_stable(v, root) for v in o]
+    if isinstance(o, str): return o.replace(root, '<root>')
+    return o
+
+
+def _digest(p: Path, root: Path) -> str:
+    if p.suffix == '.json':   # a record: compared without timings, and without where the root happens to be
+        data = json.loads(p.read_text(encoding='utf-8'))
+        return hashlib.sha256(json.dumps(_stable(data, str(root.resolve())), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
 def tree_hashes(root: Path) -> dict:
-    "sha256 of every output file under root, by relative path (the run's own records excluded)."
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+    "sha256 of every output file under root, by relative path (the run's own records excluded; JSON records without timings)."
+    root = Path(root)
+    return {str(p.relative_to(root)): _digest(p, root)
             for p in sorted(root.rglob('*')) if p.is_file() and p.name not in IGNORED and not p.name.startswith('report')
             and 'report_files' not in p.parts}
 

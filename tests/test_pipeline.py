@@ -27,9 +27,13 @@ def test_outputs_follow_the_original_layout(reference):
 
 def test_status_counts_and_clips(reference):
     _, root, _ = reference
-    text = status_text(root, clips=True)
+    text = status_text(root, scenes=True)
     assert 'landmarks' in text and 'sample0-Scene-001' in text
     r = subprocess.run([BIN / 'talkface', 'status', str(root), '--clips'], capture_output=True, text=True)
+    assert r.returncode == 0
+    lines = r.stdout.split('\ninput clip ')[1].splitlines()[1:]       # one line per input file
+    assert [l.split()[:4] for l in lines] == [['sample0', 'audio', 'ok', '2'], ['sample1', 'audio', 'ok', '2']], lines
+    r = subprocess.run([BIN / 'talkface', 'status', str(root), '--scenes'], capture_output=True, text=True)
     assert r.returncode == 0 and 'sample1-Scene-002' in r.stdout
 
 
