@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import numpy as np
 from .core import (BadInput, TalkfaceError, MissingWeights, Skip, Layout, Manifest, StageResult, ok,
-                           atomic_path, save_npy, write_json, log, run_each, setup_logging, weights_dir, require_weights)
+                           atomic_path, save_npy, write_json, log, run_each, setup_logging, weights_dir, require_weights, is_complete)
 
 # %% auto #0
 __all__ = ['SR', 'FPS', 'AUDIO_EXTS', 'SILENCE_PEAK', 'RATES', 'WEIGHTS', 'NO_WEIGHTS', 'PHONEMES', 'WHISPER_WINDOW', 'FEATURES',
@@ -604,7 +604,7 @@ def extract_file(src, dests: dict, cfg: AudioConfig, n_frames: int | None = None
     figures, outputs = {'duration_s': dur, 'n_frames': n_frames}, []
     for feature, files in dests.items():
         files = [Path(f) for f in files]
-        if overwrite or not all(f.exists() for f in files):
+        if overwrite or not all(is_complete(f) for f in files):
             figures.update(extract(x, feature, files, cfg, n_frames, src))
         outputs += files
     return ok(outputs, **figures)
@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as e:
         print(f'talkface audio: {e}', file=sys.stderr); return 2
     dests = {cid: [out / f'{cid}{s}' for s in SUFFIXES[a.feature]] for cid in clips}
-    todo = {cid: p for cid, p in clips.items() if a.overwrite or not all(d.exists() for d in dests[cid])}
+    todo = {cid: p for cid, p in clips.items() if a.overwrite or not all(is_complete(d) for d in dests[cid])}
     man = Manifest(out)
     try:
         res = run_each(todo, f'audio_{a.feature}', lambda cid, p: extract_file(p, {a.feature: dests[cid]}, cfg, overwrite=a.overwrite),

@@ -99,8 +99,6 @@ def test_corrupt_intermediates_are_redone_not_trusted(clean):
     no_half_files(root)
 
 
-@pytest.mark.xfail(strict=True, reason='talkface.audio.extract_file skips features whose files merely exist (f.exists()), '
-                   'so a corrupt feature file is re-recorded as ok: it should test is_complete(f)')
 def test_corrupt_audio_feature_is_redone(clean):
     root, clip = clean['out'], 'talk-Scene-001'
     npy = Layout(root).path('mfcc', clip, '.npy')
