@@ -134,7 +134,7 @@ def convert_clip(clip: str, layout: Layout, cfg: ConvertConfig = ConvertConfig()
     import tempfile as _tf
     with contextlib_multi([atomic_path(p, is_dir=(k == 'frames')) for k, p in outs.items()]) as tmps:
         tmp = dict(zip(outs, tmps))
-        with _tf.TemporaryDirectory(dir=layout.root if layout.root.exists() else None, prefix='.convert-') as scratch:
+        with _tf.TemporaryDirectory(dir=layout.root if layout.root.exists() else None, prefix='.convert.tmp-') as scratch:
             if 'video' not in tmp and 'frames' not in tmp: tmp['count'] = Path(scratch) / 'count.raw'
             run_ffmpeg(convert_command(src, tmp, cfg, box, info.channels, a0 - v0, info.has_audio, info.sample_rate), src,
                        timeout=max(600, 30 * info.duration), what='convert')

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 from .core import (BadInput, Layout, Manifest, TalkfaceError, atomic_path, clip_id, discover, is_complete, log,
                            ok, run_each, setup_logging, write_json)
-from .media import ffpath, probe, run_ffmpeg
+from .media import error_text, ffpath, probe, run_ffmpeg
 
 # %% auto #0
 __all__ = ['small_frames', 'keyframes', 'sampled_frames', 'ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'split_command',
@@ -65,7 +65,7 @@ def small_frames(path, width: int|None = 256, step: int = 1, rotate: bool = True
                     yield i, t, (_rotate(img, frame.rotation) if rotate else img)
                 i += 1
         except av.error.FFmpegError as e:
-            raise BadInput(p, f'video stream is corrupt after {i} frames ({e})')
+            raise BadInput(p, f'video stream is corrupt after {i} frames ({error_text(e)})')
     if i == 0: raise BadInput(p, 'video stream has no decodable frames')
 
 # %% ../nbs/03_scenes.ipynb #b7793ba2
@@ -111,7 +111,7 @@ def sampled_frames(path, step: int, width: int|None = None) -> Iterator[tuple[in
                 yield i, float((frame.pts - start) * tb), _rotate(_small_bgr(frame, width), frame.rotation)
                 got += 1; nxt = (i // step + 1) * step if not dense else i + max(1, int(step * 0.75))
         except av.error.FFmpegError as e:
-            raise BadInput(path, f'video stream is corrupt ({e})')
+            raise BadInput(path, f'video stream is corrupt ({error_text(e)})')
     if not got: yield from small_frames(path, width, step=step)   # a decoder that skipped everything
 
 # %% ../nbs/03_scenes.ipynb #7d9879b0
