@@ -286,7 +286,8 @@ def run_pipeline(run: RunConfig, registry=STAGES, engine=None) -> Manifest:
     after = {s.name: effective_after(s, names, registry) for s in stages}
     roots = [s for s in stages if not after[s.name]]
     if registry is STAGES:
-        for feature, why in prepare(run, registry).items(): log.warning('audio: %s skipped: %s', feature, why)
+        for feature, why in prepare(run, registry).items():   # the reason starts with the missing folder
+            log.warning('audio: %s skipped, no weights at %s (see weights/README.md)', feature, why.split(': ')[0])
     with RunLock(root):
         n_tmp = clean_tmp(root)
         if n_tmp: log.info('removed %d temporary files left by an interrupted run', n_tmp)
