@@ -54,10 +54,13 @@ class FaceBoxes:
 
 # %% ../nbs/02a_faces.ipynb #2e4f0fb4
 @functools.lru_cache(maxsize=None)
-def get_detector(name: str = 'faceboxes', device: str = 'cpu', **kw) -> FaceDetector:
-    "The detector `name`, loaded once per process."
-    if name == 'faceboxes': return FaceBoxes(device, **kw)
+def _detector(name: str, device: str, options: tuple) -> FaceDetector:
+    if name == 'faceboxes': return FaceBoxes(device, **dict(options))
     raise ValueError(f"unknown face detector '{name}' (available: faceboxes)")
+
+def get_detector(name: str = 'faceboxes', device: str = 'cpu', **kw) -> FaceDetector:
+    "The detector `name`, loaded once per process (however the arguments are spelled)."
+    return _detector(name, resolve_device(device), tuple(sorted(kw.items())))
 
 # %% ../nbs/02a_faces.ipynb #391a542f
 def box_area(b) -> float:

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 import numpy as np
 from .core import Layout, Manifest, TalkfaceError, atomic_path, write_text
+from .viewer import ClipViewer   # the clip viewer lives in 12a_viewer; offered here beside the report
 
 # %% auto #0
 __all__ = ['gather', 'pose_figure', 'au_figure', 'landmark_grid', 'report_sections', 'write_report', 'report_main']
