@@ -180,16 +180,13 @@ def _luma(frame) -> np.ndarray:
 def iter_video_frames(path, color: bool = False, fast: bool = True, threads: int = 0) -> Iterator[tuple[str, np.ndarray]]:
     "Yield ('000001.png', frame), ... for each frame of a video: gray luma planes, or BGR with `color`; `threads` decoder threads (0: auto)."
     import av
-    from talkface.media import iter_frames
+    from talkface.media import iter_frames, _open, error_text
     if color:
         for i, f in enumerate(iter_frames(path, threads=threads)): yield f'{i + 1:06d}.png', f
         return
     p = Path(path)
-    if not p.is_file() or p.stat().st_size == 0: raise BadInput(p, 'video file is missing or empty')
-    try: c = av.open(str(p), metadata_errors='ignore')
-    except Exception as e: raise BadInput(p, f'not a readable video ({type(e).__name__}: {e})')
     i = 0
-    with c:
+    with _open(p) as c:   # clear errors for missing, empty and unreadable files
         if not c.streams.video: raise BadInput(p, 'no video stream')
         v = c.streams.video[0]
         v.thread_type = 'AUTO'
@@ -199,7 +196,7 @@ def iter_video_frames(path, color: bool = False, fast: bool = True, threads: int
             for frame in c.decode(v):
                 i += 1
                 yield f'{i:06d}.png', _luma(frame)
-        except av.error.FFmpegError as e: raise BadInput(p, f'video stream is corrupt after {i} frames ({e})')
+        except av.error.FFmpegError as e: raise BadInput(p, f'video stream is corrupt after {i} frames ({error_text(e)})')
     if i == 0: raise BadInput(p, 'video stream has no decodable frames')
 
 def count_frames(src) -> int:
