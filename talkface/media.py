@@ -167,7 +167,10 @@ def iter_frames(path, gray: bool = False, size=None, step: int = 1, threads: int
                 i += 1
         except av.error.FFmpegError as e:
             raise BadInput(p, f'video stream is corrupt after {i} frames ({error_text(e)})')
+        expected = v.frames
     if i == 0: raise BadInput(p, 'video stream has no decodable frames')
+    if expected and i < expected - 2:   # a little slack: edit lists may hide a priming frame or two
+        raise BadInput(p, f'file is truncated: decoded {i} of {expected} frames')
 
 def read_frame(path, index: int = 0, **kw) -> np.ndarray:
     "Decode frame `index` of `path` (streams from the start; for pictures and tests)."
