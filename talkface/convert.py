@@ -7,16 +7,17 @@ from __future__ import annotations
 import argparse, json, os, sys, time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Iterable
 import numpy as np
 from .core import (BadInput, Layout, Manifest, StageResult, TalkfaceError, atomic_path, discover, is_complete, log,
                            ok, run_each, setup_logging)
-from .media import ffpath, probe, run_ffmpeg
+from .media import PPM_PIPE, ffmpeg_frames, ffpath, probe, run_ffmpeg
 from .scenes import contextlib_multi, summarize, _flag_overwrite
 from .filters import find_input
 
 # %% auto #0
-__all__ = ['ConvertConfig', 'convert_input', 'convert_command', 'samples_per_frame', 'fit_wav', 'check_alignment',
-           'convert_outputs', 'convert_clip', 'check_outputs', 'plot_alignment', 'main']
+__all__ = ['ConvertConfig', 'convert_input', 'convert_command', 'write_png_frames', 'samples_per_frame', 'fit_wav',
+           'check_alignment', 'convert_outputs', 'convert_clip', 'check_outputs', 'plot_alignment', 'main']
 
 # %% ../nbs/06_convert.ipynb #c6a34df2
 @dataclass
@@ -29,8 +30,6 @@ class ConvertConfig:
     sample_rate: int = 16000
     preset: str = 'ultrafast'        # x264 preset (crf keeps the quality; the PNG frames dwarf the mp4's size)
     crf: int = 18
-    png_compression: int = 1         # zlib level of the PNGs (1: fast; the files are ~3x smaller than raw)
-    png_pred: str = 'up'             # PNG row filter
     tolerance: int = 1               # frames allowed between the video and round(fps x audio duration)
     overwrite: bool = False
 
@@ -76,12 +75,17 @@ def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, 
         args += ['-map', '[v_video]', '-c:v', 'libx264', '-preset', cfg.preset, '-crf', str(cfg.crf), '-r', str(cfg.fps)]
         if has_audio: args += ['-map', '[a_video]', '-c:a', 'aac', '-b:a', '128k']
         args += ['-map_metadata', '-1', '-f', 'mp4', ffpath(outs['video'])]
-    if 'frames' in outs:
-        args += ['-map', '[png]', '-c:v', 'png', '-compression_level', str(cfg.png_compression), '-pred', cfg.png_pred,
-                 '-start_number', '1', '-f', 'image2', ffpath(Path(outs['frames']) / '%06d.png')]
     if 'count' in outs: args += ['-map', '[cnt]', '-c:v', 'rawvideo', '-f', 'rawvideo', ffpath(outs['count'])]
     if 'wav' in outs: args += ['-map', '[wav]', '-c:a', 'pcm_s16le', '-f', 'wav', ffpath(outs['wav'])]
+    if 'frames' in outs: args += ['-map', '[png]', *PPM_PIPE]   # raw RGB images to Python, which writes the PNGs
     return args
+
+def write_png_frames(frames: Iterable[np.ndarray], folder) -> int:
+    "Write RGB `frames` as `folder/000001.png`, `000002.png`, … with fpng; return how many."
+    import fpng
+    n = 0
+    for n, img in enumerate(frames, 1): (Path(folder) / f'{n:06d}.png').write_bytes(fpng.from_ndarray(img))
+    return n
 
 # %% ../nbs/06_convert.ipynb #e83d517b
 def samples_per_frame(cfg: ConvertConfig = ConvertConfig()) -> int:
@@ -136,12 +140,13 @@ def convert_clip(clip: str, layout: Layout, cfg: ConvertConfig = ConvertConfig()
         tmp = dict(zip(outs, tmps))
         with _tf.TemporaryDirectory(dir=layout.root if layout.root.exists() else None, prefix='.convert.tmp-') as scratch:
             if 'video' not in tmp and 'frames' not in tmp: tmp['count'] = Path(scratch) / 'count.raw'
-            run_ffmpeg(convert_command(src, tmp, cfg, box, info.channels, a0 - v0, info.has_audio, info.sample_rate), src,
-                       timeout=max(600, 30 * info.duration), what='convert')
+            cmd, limit = convert_command(src, tmp, cfg, box, info.channels, a0 - v0, info.has_audio, info.sample_rate), max(600, 30 * info.duration)
+            if 'frames' in tmp: n_png = write_png_frames(ffmpeg_frames(cmd, src, limit, 'convert'), tmp['frames'])
+            else: run_ffmpeg(cmd, src, limit, 'convert')
             fig = dict(source=str(src), cropped=bool(box), side=box['out_size'] if box else info.width)
             counts = {}
             if 'video' in tmp: counts['video'] = probe(tmp['video']).n_frames
-            if 'frames' in tmp: counts['png'] = sum(1 for p in Path(tmp['frames']).iterdir() if p.suffix == '.png')
+            if 'frames' in tmp: counts['png'] = n_png
             if 'count' in tmp: counts['count'] = Path(tmp['count']).stat().st_size // 64
             n = next(iter(counts.values()))
             if len(set(counts.values())) > 1: raise TalkfaceError(src, f'frame counts differ between outputs: {counts}')
@@ -206,11 +211,10 @@ def main(argv=None) -> int:
     for k in ('convert_video', 'convert_audio', 'extract_frames'):
         p.add_argument(f'--{k}', type=_bool, nargs='?', const=True, default=True, help='true (default) or false')
     p.add_argument('--crop_boxes', default=None, help='folder of <clip>.json crop boxes to apply in the same pass')
-    p.add_argument('--png_compression', type=int, default=ConvertConfig.png_compression)
     _flag_overwrite(p)
     a = p.parse_args(argv)
     cfg = ConvertConfig(convert_video=a.convert_video, convert_audio=a.convert_audio, extract_frames=a.extract_frames,
-                        png_compression=a.png_compression, overwrite=a.overwrite)
+                        overwrite=a.overwrite)
     V, A, F = (Path(x).resolve() for x in (a.video_target_folder, a.audio_target_folder, a.frames_target_folder))
     root = Path(a.manifest_root) if a.manifest_root else Path(os.path.commonpath([V, A, F]))
     lay = Layout(root, videos_25fps=str(V), audios_16k=str(A), frames=str(F))

@@ -13,8 +13,8 @@ import numpy as np
 from .core import BadInput, OutOfSpace, TalkfaceError, log, package_dir
 
 # %% auto #0
-__all__ = ['real_sample', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'run_ffmpeg', 'Probe', 'error_text', 'probe', 'iter_frames',
-           'read_frame', 'load_audio', 'save_wav']
+__all__ = ['PPM_PIPE', 'real_sample', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'run_ffmpeg', 'read_ppm', 'ffmpeg_frames',
+           'Probe', 'error_text', 'probe', 'iter_frames', 'read_frame', 'load_audio', 'save_wav']
 
 # %% ../nbs/01_media.ipynb #0bd8dc19
 def real_sample() -> Path|None:
@@ -48,21 +48,61 @@ def ffmpeg_timeout(timeout: float|None = None) -> float:
 _FULL = ('No space left on device', 'File too large', 'Disk quota exceeded')
 _ROOM = 'the output disk is full or a file-size limit was reached; make room and rerun'
 
+def _ffmpeg_cmd(args) -> list: return [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-y', *map(str, args)]
+
+def _timed_out(src, what: str, limit: float) -> TalkfaceError:
+    return TalkfaceError(src, f'{what} timed out after {limit:g} s and was stopped',
+                         'a damaged file can make ffmpeg hang; set TALKFACE_FFMPEG_TIMEOUT for a longer limit')
+
+def _failure(code: int, stderr: bytes, src, what: str) -> TalkfaceError:
+    "The error for an ffmpeg that exited with `code`: out of room, killed, or failed with its last messages."
+    err = [l for l in stderr.decode('utf-8', 'replace').splitlines() if l.strip()]
+    if code == -signal.SIGXFSZ: return OutOfSpace(src, f'{what} could not write its output (file-size limit)', _ROOM)
+    if any(f in l for l in err for f in _FULL): return OutOfSpace(src, f'{what} could not write its output ({err[-1]})', _ROOM)
+    if code < 0: return TalkfaceError(src, f'{what} was killed by {signal.Signals(-code).name}')
+    return TalkfaceError(src, f'{what} failed: ' + ('; '.join(err[-3:]) or f'exit code {code}'))
+
 def run_ffmpeg(args: list, src, timeout: float|None = None, what: str = 'ffmpeg') -> subprocess.CompletedProcess:
     "Run ffmpeg with `args` (a list, never a shell); raise `TalkfaceError` naming `src` on failure or timeout."
-    cmd = [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-y', *map(str, args)]
     limit = ffmpeg_timeout(timeout)
-    try: r = subprocess.run(cmd, capture_output=True, timeout=limit)
-    except subprocess.TimeoutExpired:   # subprocess.run has killed it
-        raise TalkfaceError(src, f'{what} timed out after {limit:g} s and was stopped',
-                            'a damaged file can make ffmpeg hang; set TALKFACE_FFMPEG_TIMEOUT for a longer limit')
-    if r.returncode == 0: return r
-    err = [l for l in r.stderr.decode('utf-8', 'replace').splitlines() if l.strip()]
-    if r.returncode == -signal.SIGXFSZ: raise OutOfSpace(src, f'{what} could not write its output (file-size limit)', _ROOM)
-    if any(f in l for l in err for f in _FULL): raise OutOfSpace(src, f'{what} could not write its output ({err[-1]})', _ROOM)
-    if r.returncode < 0: raise TalkfaceError(src, f'{what} was killed by {signal.Signals(-r.returncode).name}')
-    raise TalkfaceError(src, f'{what} failed: ' + ('; '.join(err[-3:]) or f'exit code {r.returncode}'))
+    try: r = subprocess.run(_ffmpeg_cmd(args), capture_output=True, timeout=limit)
+    except subprocess.TimeoutExpired: raise _timed_out(src, what, limit)   # subprocess.run has killed it
+    if r.returncode: raise _failure(r.returncode, r.stderr, src, what)
     return r
+
+# %% ../nbs/01_media.ipynb #6316376d
+PPM_PIPE = ['-c:v', 'ppm', '-f', 'image2pipe', 'pipe:1']
+
+def read_ppm(f) -> np.ndarray|None:
+    "The next binary (P6, 8-bit) PPM image of stream `f` as an (H, W, 3) RGB array; None at the end of the stream."
+    magic = f.readline()
+    if not magic: return None
+    size, depth = f.readline().split(), f.readline().strip()
+    if magic.strip() != b'P6' or len(size) != 2 or depth != b'255': raise ValueError('not an 8-bit binary PPM stream')
+    w, h = map(int, size)
+    data = f.read(w * h * 3)
+    if len(data) < w * h * 3: raise EOFError('the PPM stream ends inside an image')
+    return np.frombuffer(data, np.uint8).reshape(h, w, 3)
+
+def ffmpeg_frames(args: list, src, timeout: float|None = None, what: str = 'ffmpeg') -> Iterator[np.ndarray]:
+    "Run ffmpeg with `args`, whose last output is `PPM_PIPE`; yield its images as RGB arrays, then raise as `run_ffmpeg` does."
+    import tempfile, threading
+    limit, fired = ffmpeg_timeout(timeout), threading.Event()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(_ffmpeg_cmd(args), stdout=subprocess.PIPE, stderr=err, bufsize=1 << 20)
+        timer = threading.Timer(limit, lambda: (fired.set(), proc.kill())); timer.start()
+        try:
+            try:
+                while (img := read_ppm(proc.stdout)) is not None: yield img
+            except (EOFError, ValueError) as e:
+                if proc.wait() == 0: raise TalkfaceError(src, f'{what} wrote an unreadable frame ({e})')
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None: proc.kill(); proc.wait()   # the consumer stopped early
+            proc.stdout.close()
+        if fired.is_set(): raise _timed_out(src, what, limit)
+        if code: err.seek(0); raise _failure(code, err.read(), src, what)
 
 # %% ../nbs/01_media.ipynb #33f67c5c
 @dataclass
