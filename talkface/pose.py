@@ -134,7 +134,7 @@ class VideoWriter:
                 self._av = av.open(str(self.tmp), 'w', format='mp4')
                 self._stream = self._av.add_stream('libx264', rate=Fraction(self.fps).limit_denominator(1001))
                 self._stream.width, self._stream.height, self._stream.pix_fmt = w - w % 2, h - h % 2, 'yuv420p'
-                self._stream.options = {'crf': str(self.crf), 'preset': 'veryfast', 'threads': '1'}   # one encoder thread per clip; the pool runs clips in parallel
+                self._stream.options = {'crf': str(self.crf), 'preset': 'ultrafast', 'threads': '1'}   # a preview: fastest preset; one thread, the pool runs clips in parallel
             else:
                 self._cv = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*'mp4v'), self.fps, (w, h))
         if self._av is not None:
