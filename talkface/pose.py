@@ -7,14 +7,16 @@ from __future__ import annotations
 import argparse, sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 import numpy as np
+from .media import iter_frames
 from .core import BadInput, Layout, TalkfaceError, atomic_path, discover, ok, save_npy
 from .landmarks import (LandmarksConfig, clip_landmarks, clip_source, cli_layout, count_frames, default_root,
                                 frame_clips, iter_source, run_cli)
 
 # %% auto #0
 __all__ = ['MEAN_FACE', 'AXIS_COLORS', 'mean_face', 'rotation_from_euler', 'euler_from_rotation', 'camera_matrix', 'solve_pose',
-           'head_pose', 'draw_pose', 'VideoWriter', 'PoseConfig', 'pose_clip', 'main']
+           'head_pose', 'draw_pose', 'VideoWriter', 'PoseConfig', 'preview_frames', 'pose_clip', 'main']
 
 # %% ../nbs/08_pose.ipynb #daf375e5
 _MEAN_FACE = """
@@ -109,10 +111,11 @@ def draw_pose(frame, rt, K, ypr=None, length: float = 60.0) -> np.ndarray:
     for k in range(3):
         cv2.arrowedLine(out, tuple(map(int, p2[0])), tuple(map(int, p2[k + 1])), AXIS_COLORS[k], w, cv2.LINE_AA, tipLength=0.15)
     if ypr is not None and not np.isnan(ypr).any():
-        txt = 'yaw {:+.1f}  pitch {:+.1f}  roll {:+.1f}'.format(*ypr)
-        s = out.shape[1] / 900
-        cv2.putText(out, txt, (10, int(30 * s) + 5), cv2.FONT_HERSHEY_SIMPLEX, s, (0, 0, 0), max(1, w + 1), cv2.LINE_AA)
-        cv2.putText(out, txt, (10, int(30 * s) + 5), cv2.FONT_HERSHEY_SIMPLEX, s, (255, 255, 255), max(1, w - 1), cv2.LINE_AA)
+        s = min(1.0, out.shape[1] / 500)   # one angle per line, readable on a small preview
+        for k, txt in enumerate(f'{n} {v:+.1f}' for n, v in zip(('yaw', 'pitch', 'roll'), ypr)):
+            at = (8, int(8 + 30 * s * (k + 1)))
+            cv2.putText(out, txt, at, cv2.FONT_HERSHEY_SIMPLEX, s, (0, 0, 0), max(2, round(4 * s)), cv2.LINE_AA)
+            cv2.putText(out, txt, at, cv2.FONT_HERSHEY_SIMPLEX, s, (255, 255, 255), max(1, round(1.5 * s)), cv2.LINE_AA)
     return out
 
 class VideoWriter:
@@ -175,6 +178,16 @@ class PoseConfig:
     focal: float = 0.0               # focal length in px (0: the frame's larger side)
     landmarks_backend: str = 'dlib'  # landmarker, when the clip has no landmark file
     source: str = 'auto'             # auto | frames | video
+    vis_scale: float = 0.5           # size of the visualisation video, relative to the frames (a preview; 1: full size)
+
+def preview_frames(src, size: tuple[int, int]) -> Iterator[np.ndarray|None]:
+    "BGR frames of `src` (a video, or a frames folder: None for an unreadable image) scaled to `size` (w, h)."
+    import cv2
+    if Path(src).is_file():   # the decoder's scaler converts and shrinks in one step
+        yield from iter_frames(src, size=size)
+        return
+    for _, f in iter_source(src, color=True):
+        yield None if f is None else f if f.shape[1::-1] == size else cv2.resize(f, size, interpolation=cv2.INTER_AREA)
 
 def _frame_size(src) -> tuple[int, int]:
     src = Path(src)
@@ -200,11 +213,12 @@ def pose_clip(clip: str, layout: Layout, cfg: PoseConfig|None = None, src=None, 
     ypr, rt = head_pose(full, w, h, cfg.focal or None, return_rt=True)
     outs = []
     if cfg.visualize:
-        K = camera_matrix(w, h, cfg.focal or None)
+        size = (max(2, round(w * cfg.vis_scale / 2) * 2), max(2, round(h * cfg.vis_scale / 2) * 2))
+        K = np.diag([size[0] / w, size[1] / h, 1.0]) @ camera_matrix(w, h, cfg.focal or None)   # projects into the preview's pixels
         dest = layout.path('pose_vis', clip, '.mp4')
         with VideoWriter(dest, cfg.fps) as vw:
-            for i, (_, frame) in enumerate(iter_source(src, color=True)):
-                if frame is None: frame = np.zeros((h, w, 3), np.uint8)
+            for i, frame in enumerate(preview_frames(src, size)):
+                if frame is None: frame = np.zeros((size[1], size[0], 3), np.uint8)
                 vw.write(draw_pose(frame, rt[i] if i < n else None, K, ypr[i] if i < n else None))
         outs.append(dest)
     outs.insert(0, save_npy(layout.path('pose_data', clip, '.npy'), ypr))
@@ -225,11 +239,13 @@ def main(argv=None) -> int:
     p.add_argument('--from_videos', default=None, help='stream the 25 fps videos of this folder instead of reading PNG frames')
     p.add_argument('--no_visualization', action='store_true', help='write only the pose data')
     p.add_argument('--focal', type=float, default=0.0, help='focal length in px (default: the frame size)')
+    p.add_argument('--vis_scale', type=float, default=PoseConfig.vis_scale, help='size of the visualisation video relative to the frames')
     p.add_argument('--overwrite', action='store_true', help='redo clips whose pose file exists')
     p.add_argument('--root', default=None, help='output root for the manifest and log')
     p.add_argument('--verbose', action='store_true')
     a = p.parse_args(argv)
-    cfg = PoseConfig(fps=a.fps, visualize=not a.no_visualization, focal=a.focal, source='video' if a.from_videos else 'frames')
+    cfg = PoseConfig(fps=a.fps, visualize=not a.no_visualization, focal=a.focal, source='video' if a.from_videos else 'frames',
+                     vis_scale=a.vis_scale)
     try: clips = discover(a.from_videos) if a.from_videos else frame_clips(a.video_frames_dir)
     except TalkfaceError as e:
         print(f'talkface pose: {e}', file=sys.stderr); return 1
