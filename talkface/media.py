@@ -13,8 +13,8 @@ import numpy as np
 from .core import BadInput, OutOfSpace, TalkfaceError, log, package_dir
 
 # %% auto #0
-__all__ = ['PPM_PIPE', 'real_sample', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'run_ffmpeg', 'read_ppm', 'ffmpeg_frames',
-           'Probe', 'error_text', 'probe', 'iter_frames', 'read_frame', 'load_audio', 'save_wav']
+__all__ = ['PPM_PIPE', 'real_sample', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'worker_threads', 'run_ffmpeg', 'read_ppm',
+           'ffmpeg_frames', 'Probe', 'error_text', 'probe', 'iter_frames', 'read_frame', 'load_audio', 'save_wav']
 
 # %% ../nbs/01_media.ipynb #0bd8dc19
 def real_sample() -> Path|None:
@@ -48,7 +48,20 @@ def ffmpeg_timeout(timeout: float|None = None) -> float:
 _FULL = ('No space left on device', 'File too large', 'Disk quota exceeded')
 _ROOM = 'the output disk is full or a file-size limit was reached; make room and rerun'
 
-def _ffmpeg_cmd(args) -> list: return [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-y', *map(str, args)]
+def worker_threads() -> int:
+    "Threads each decoder, encoder and filter graph may use here: `$TALKFACE_THREADS` (a pool worker's share of the cores), else 0 (the library's choice)."
+    v = os.environ.get('TALKFACE_THREADS', '').strip()
+    return int(v) if v.isdigit() else 0
+
+def _threaded(args: list, n: int) -> list:
+    "`args` with `n` threads for every input's decoder, every output's encoders and the filter graphs."
+    out = ['-filter_threads', n, '-filter_complex_threads', n]
+    for a in args: out += ['-threads', n, a] if a in ('-i', '-c:v') else [a]   # -c:v: an output's options start there
+    return out
+
+def _ffmpeg_cmd(args) -> list:
+    n = worker_threads()
+    return [ffmpeg_exe(), '-hide_banner', '-nostdin', '-loglevel', 'error', '-y', *map(str, _threaded(args, n) if n else args)]
 
 def _timed_out(src, what: str, limit: float) -> TalkfaceError:
     return TalkfaceError(src, f'{what} timed out after {limit:g} s and was stopped',
@@ -196,7 +209,7 @@ def iter_frames(path, gray: bool = False, size=None, step: int = 1, threads: int
         if not c.streams.video: raise BadInput(p, 'no video stream')
         v = c.streams.video[0]
         v.thread_type = 'AUTO'
-        if threads: v.codec_context.thread_count = threads
+        if threads or worker_threads(): v.codec_context.thread_count = threads or worker_threads()
         i, n = 0, 0
         try:
             for frame in c.decode(v):

@@ -148,11 +148,19 @@ def execute(task: Task, root: str, run: RunConfig, registry=STAGES) -> StageResu
         return run_stage(lambda a: _load(st.func)(a, layout, stage_config(run, st), name=task.clip), Path(task.source))
     return run_stage(lambda a: _load(st.func)(a, layout, stage_config(run, st)), task.clip)
 
-def _init_worker(threads: int):
-    "A pool worker's share of the cores: `threads` for torch (read when it is first imported) and OpenCV."
-    os.environ['OMP_NUM_THREADS'] = str(threads)
+def _share_cores(threads: int):
+    "This worker's share of the cores: `threads` for torch (read when it is first imported), OpenCV, PyAV and ffmpeg."
+    os.environ['OMP_NUM_THREADS'] = os.environ['TALKFACE_THREADS'] = str(threads)
     import cv2; cv2.setNumThreads(threads)
+
+def _init_worker(threads: int):
+    _share_cores(threads)
     import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+def _execute_on_one_core(task: Task, root: str, run: RunConfig, registry=STAGES) -> StageResult:
+    "`execute` in a Ray task, which holds one CPU: one thread per library, as in a local pool worker (so the outputs match)."
+    _share_cores(1)
+    return execute(task, root, run, registry)
 
 class LocalEngine:
     "A process pool over clips (in-process when `workers == 1`)."
@@ -203,7 +211,7 @@ class RayEngine:
         if not ray.is_initialized():
             kw = dict(address=address) if address else dict(num_cpus=workers or os.cpu_count())
             ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **kw)
-        self.remote = ray.remote(execute)
+        self.remote = ray.remote(_execute_on_one_core)
         self.use_gpu, self.refs = use_gpu, {}
 
     def submit(self, task: Task, root, run, registry):

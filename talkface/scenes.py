@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 from .core import (BadInput, Layout, Manifest, TalkfaceError, atomic_path, clip_id, discover, is_complete, log,
                            ok, run_each, setup_logging, write_json)
-from .media import error_text, ffpath, probe, run_ffmpeg
+from .media import error_text, ffpath, probe, run_ffmpeg, worker_threads
 
 # %% auto #0
 __all__ = ['small_frames', 'keyframes', 'sampled_frames', 'ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'split_command',
@@ -55,6 +55,7 @@ def small_frames(path, width: int|None = 256, step: int = 1, rotate: bool = True
         if not c.streams.video: raise BadInput(p, 'no video stream')
         v = c.streams.video[0]
         v.thread_type = 'AUTO'
+        if worker_threads(): v.codec_context.thread_count = worker_threads()
         tb, start, i = v.time_base, v.start_time or 0, 0
         fps = float(v.average_rate or v.guessed_rate or 25)
         try:
