@@ -24,12 +24,6 @@ def _stable(o, root: str):
 
 
 def _digest(p: Path, root: Path) -> str:
-    if p.suffix == '.mp4' and 'visualization' in p.parts:
-        # Pose visualisation videos are renderings whose bytes still vary between runs in worker pools
-        # (decoded frames differ by about one grey level; cause not yet found). Their pose data is
-        # compared byte for byte; the videos by frame count and size.
-        from talkface.media import probe
-        i = probe(p); return f'{i.n_frames} frames {i.width}x{i.height}'
     if p.suffix == '.json':   # a record: compared without timings, and without where the root happens to be
         data = json.loads(p.read_text(encoding='utf-8'))
         return hashlib.sha256(json.dumps(_stable(data, str(root.resolve())), sort_keys=True).encode()).hexdigest()
