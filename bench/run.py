@@ -111,7 +111,10 @@ def peak_rss_10min(d: Path) -> tuple[float, float]:
     line = [l for l in r.stdout.splitlines() if l.startswith('RSS')]
     if not line: sys.exit(f'10-minute run failed:\n{r.stderr[-3000:]}')
     self_kb, child_kb = map(int, line[0].split()[1:])
-    return max(self_kb, child_kb) / 1024, wall
+    from talkface.core import Manifest
+    done = Manifest(d / 'long_out').counts().get('audio', {}).get('ok', 0)   # clips that went through every stage
+    if done < 100: sys.exit(f'10-minute run: only {done} clips went through every stage:\n{r.stderr[-3000:]}')
+    return max(self_kb, child_kb) / 1024, wall, done
 
 
 def main():
@@ -141,14 +144,14 @@ def main():
         if not a.skip_original:
             (d / 'orig').mkdir(); to = original_method(inp, d / 'orig'); rows.append(('original method (script by script)', to, secs / to, None))
         if not a.skip_long:
-            rss, wall = peak_rss_10min(d)
+            rss, wall, done = peak_rss_10min(d)
     print(f"\n{'':<40} {'wall s':>8} {'x real time':>12} {'marginal':>9}")
     f = lambda v: f'{v:.2f}' if v else '-'
     for name, wall, x, m in rows: print(f'{name:<40} {wall:>8.1f} {f(x):>12} {f(m):>9}')
     print(f"\nscaling 2 workers / 1 worker: {nopng[2] / one[2]:.2f}x end to end" + (f", {nopng[3] / one[3]:.2f}x marginal" if one[3] else ''))
     if not a.skip_original: print(f"talkface (PNG) / original method: {png[2] / (secs / to):.1f}x end to end"
                                   + (f", {png[3] / (secs / to):.1f}x marginal" if png[3] else ''))
-    if not a.skip_long: print(f"peak RSS, 10-minute input, 1 worker, no PNG: {rss:.0f} MB ({600 / wall:.2f}x real time)")
+    if not a.skip_long: print(f"peak RSS, 10-minute input, 1 worker, no PNG: {rss:.0f} MB ({600 / wall:.2f}x real time, {done} scenes through every stage)")
 
 
 if __name__ == '__main__':
