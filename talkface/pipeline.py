@@ -440,17 +440,24 @@ def run_batch(stage: str, input_dir, output_dir, params: dict|None = None, log_d
 # %% ../nbs/11_pipeline.ipynb #17d52fdb
 def _stage_flags(parser, registry=STAGES) -> dict:
     "Add `--<field>` for each stage config field (the original flag names) not already taken; return {dest: (stage, field)}."
-    taken, out = {a.dest for a in parser._actions}, {}
+    taken, out, owners = {a.dest for a in parser._actions}, {}, defaultdict(list)
+    configs = []
     for st in registry:
-        try: cls = _load(st.config)
+        try: configs.append((st, _load(st.config)))
         except (ImportError, AttributeError): continue
+    for st, cls in configs:
+        for f in dataclasses.fields(cls): owners[f.name].append(st.name)
+    for st, cls in configs:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else None
             if f.name in taken or not isinstance(default, (int, float, str, bool, type(None))): continue
             taken.add(f.name); out[f.name] = (st.name, f.name)
             kind = type(default) if default is not None else str
-            if kind is bool: parser.add_argument(f'--{f.name}', type=lambda v: v.lower() in ('1', 'true', 'yes'), default=None, metavar='BOOL', help=f'{st.name}: {f.name} (default {default})')
-            else: parser.add_argument(f'--{f.name}', type=kind, default=None, help=f'{st.name}: {f.name} (default {default})')
+            others = [o for o in owners[f.name] if o != st.name]   # a shared name sets the first stage; the others by --set
+            more = f"; {', '.join(others)}: --set STAGE.{f.name}=VALUE" if others else ''
+            text = f'{st.name}: {f.name} (default {default}){more}'
+            if kind is bool: parser.add_argument(f'--{f.name}', type=lambda v: v.lower() in ('1', 'true', 'yes'), default=None, metavar='BOOL', help=text)
+            else: parser.add_argument(f'--{f.name}', type=kind, default=None, help=text)
     return out
 
 def run_parser() -> tuple[argparse.ArgumentParser, dict]:
