@@ -17,9 +17,8 @@ __all__ = ['SR', 'FPS', 'AUDIO_EXTS', 'SILENCE_PEAK', 'RATES', 'WEIGHTS', 'NO_WE
            'feats_per_frame', 'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'delta', 'mfcc',
            'model_folder', 'quiet_transformers', 'resolve_device', 'Encoder', 'get_encoder', 'parse_layers',
            'NpyWriter', 'normalise_input', 'encode', 'make_random_model', 'whisper_encode', 'get_asr', 'transcribe',
-           'ctc_vocab', 'phoneme_ids', 'phoneme_segments', 'AudioConfig', 'available_features', 'feature_dir',
-           'feature_outputs', 'voiced_frames', 'extract', 'extract_file', 'audio_clip', 'parser', 'config_from_args',
-           'main']
+           'ctc_vocab', 'phoneme_ids', 'phoneme_segments', 'AudioConfig', 'available_features', 'feature_outputs',
+           'voiced_frames', 'extract', 'extract_file', 'audio_clip', 'parser', 'config_from_args', 'main']
 
 # %% ../nbs/10_audio.ipynb #4e30ae4a
 SR = 16000   # every feature is computed on 16 kHz mono
@@ -536,15 +535,10 @@ def available_features(cfg: AudioConfig | None = None) -> dict[str, str]:
         except MissingWeights as e: out[f] = str(e)
     return out
 
-def feature_dir(layout: Layout, feature: str) -> Path:
-    "The folder of `feature` under the layout (`specified_formats/audios/<feature>_features` for kinds the layout lacks)."
-    if hasattr(layout, feature): return layout.dir(feature)
-    return layout.root / 'specified_formats/audios' / ('hf_features' if feature == 'hf' else feature)
-
 def feature_outputs(layout: Layout, feature: str, clip: str) -> list[Path]:
     "The files `feature` writes for `clip`."
     layout.path('audios_16k', clip)  # refuses unsafe clip ids
-    return [feature_dir(layout, feature) / f'{clip}{s}' for s in SUFFIXES[feature]]
+    return [layout.dir(feature) / f'{clip}{s}' for s in SUFFIXES[feature]]
 
 # %% ../nbs/10_audio.ipynb #7548edb5
 def voiced_frames(segments, n_frames: int, fps: float = FPS) -> list[int]:

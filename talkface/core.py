@@ -116,6 +116,9 @@ class Layout:
     hubert: str = 'specified_formats/audios/hubert_features'
     whisper: str = 'specified_formats/audios/whisper_features'
     vad: str = 'specified_formats/audios/vad'
+    hf: str = 'specified_formats/audios/hf_features'          # any Hugging Face speech encoder
+    asr: str = 'specified_formats/audios/asr'
+    phonemes: str = 'specified_formats/audios/phonemes'
 
     def __post_init__(self): self.root = Path(self.root)
     def dir(self, kind: str) -> Path:
