@@ -180,17 +180,14 @@ def _luma(frame) -> np.ndarray:
 def iter_video_frames(path, color: bool = False, fast: bool = True, threads: int = 0) -> Iterator[tuple[str, np.ndarray]]:
     "Yield ('000001.png', frame), ... for each frame of a video: gray luma planes, or BGR with `color`; `threads` decoder threads (0: auto)."
     import av
-    from talkface.media import iter_frames, _open, error_text, worker_threads
+    from talkface.media import iter_frames, _open, error_text, video_stream
     if color:
         for i, f in enumerate(iter_frames(path, threads=threads)): yield f'{i + 1:06d}.png', f
         return
     p = Path(path)
     i = 0
     with _open(p) as c:   # clear errors for missing, empty and unreadable files
-        if not c.streams.video: raise BadInput(p, 'no video stream')
-        v = c.streams.video[0]
-        v.thread_type = 'AUTO'
-        if threads or worker_threads(): v.codec_context.thread_count = threads or worker_threads()
+        v = video_stream(c, p, threads)
         if fast: v.codec_context.options = {'skip_loop_filter': 'all', 'flags2': '+fast'}
         try:
             for frame in c.decode(v):

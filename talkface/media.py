@@ -14,7 +14,8 @@ from .core import BadInput, OutOfSpace, TalkfaceError, log, package_dir
 
 # %% auto #0
 __all__ = ['PPM_PIPE', 'real_sample', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'worker_threads', 'run_ffmpeg', 'read_ppm',
-           'ffmpeg_frames', 'Probe', 'error_text', 'probe', 'iter_frames', 'read_frame', 'load_audio', 'save_wav']
+           'ffmpeg_frames', 'Probe', 'error_text', 'probe', 'video_stream', 'iter_frames', 'read_frame', 'load_audio',
+           'save_wav']
 
 # %% ../nbs/01_media.ipynb #0bd8dc19
 def real_sample() -> Path|None:
@@ -200,16 +201,21 @@ def _scaled(w: int, h: int, size) -> tuple[int, int]:
         return max(2, round(w * s / 2) * 2), max(2, round(h * s / 2) * 2)
     return int(size[0]), int(size[1])
 
+def video_stream(c, path, threads: int = 0):
+    "The first video stream of the open container `c`, set to decode with `threads` threads (0: this worker's share, else the library's choice)."
+    if not c.streams.video: raise BadInput(path, 'no video stream')
+    v = c.streams.video[0]
+    v.thread_type = 'AUTO'
+    if threads or worker_threads(): v.codec_context.thread_count = threads or worker_threads()
+    return v
+
 def iter_frames(path, gray: bool = False, size=None, step: int = 1, threads: int = 0) -> Iterator[np.ndarray]:
     "Yield the frames of `path` as BGR (or gray) arrays, every `step`-th one, resized by `size` (max side px, scale, or (w,h))."
     import av
     p = Path(path)
     fmt = 'gray' if gray else 'bgr24'
     with _open(p) as c:
-        if not c.streams.video: raise BadInput(p, 'no video stream')
-        v = c.streams.video[0]
-        v.thread_type = 'AUTO'
-        if threads or worker_threads(): v.codec_context.thread_count = threads or worker_threads()
+        v = video_stream(c, p, threads)
         i, n = 0, 0
         try:
             for frame in c.decode(v):

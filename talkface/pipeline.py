@@ -151,6 +151,7 @@ def execute(task: Task, root: str, run: RunConfig, registry=STAGES) -> StageResu
 def _share_cores(threads: int):
     "This worker's share of the cores: `threads` for torch (read when it is first imported), OpenCV, PyAV and ffmpeg."
     os.environ['OMP_NUM_THREADS'] = os.environ['TALKFACE_THREADS'] = str(threads)
+    if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(threads)   # a reused Ray worker may have it already
     import cv2; cv2.setNumThreads(threads)
 
 def _init_worker(threads: int):

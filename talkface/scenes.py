@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 from .core import (BadInput, Layout, Manifest, TalkfaceError, atomic_path, clip_id, discover, is_complete, log,
                            ok, run_each, setup_logging, write_json)
-from .media import error_text, ffpath, probe, run_ffmpeg, worker_threads
+from .media import error_text, ffpath, probe, run_ffmpeg, video_stream
 
 # %% auto #0
 __all__ = ['small_frames', 'keyframes', 'sampled_frames', 'ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'split_command',
@@ -52,10 +52,7 @@ def small_frames(path, width: int|None = 256, step: int = 1, rotate: bool = True
     p = Path(path)
     from talkface.media import _open
     with _open(p) as c:
-        if not c.streams.video: raise BadInput(p, 'no video stream')
-        v = c.streams.video[0]
-        v.thread_type = 'AUTO'
-        if worker_threads(): v.codec_context.thread_count = worker_threads()
+        v = video_stream(c, p)
         tb, start, i = v.time_base, v.start_time or 0, 0
         fps = float(v.average_rate or v.guessed_rate or 25)
         try:
@@ -102,8 +99,8 @@ def sampled_frames(path, step: int, width: int|None = None) -> Iterator[tuple[in
     # keyframes at least every `step` frames: decode those alone; else skip the frames nothing refers to (B-frames)
     got, nxt = 0, 0
     with _open(path) as c:
-        v = c.streams.video[0]
-        v.thread_type = 'AUTO'; v.codec_context.skip_frame = 'NONKEY' if dense else 'NONREF'
+        v = video_stream(c, path)
+        v.codec_context.skip_frame = 'NONKEY' if dense else 'NONREF'
         tb, start = v.time_base, v.start_time or 0
         try:
             for frame in c.decode(v):
