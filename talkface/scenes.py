@@ -175,29 +175,30 @@ def _even_crop(w: int, h: int) -> str:
     return f',crop={w // 2 * 2}:{h // 2 * 2}:0:0' if (w % 2 or h % 2) else ''
 
 def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig, width: int, height: int,
-                  has_audio: bool = True) -> list:
-    "ffmpeg arguments that write scenes `ranges` ([start, end) frames) of `src` to `dests`."
+                  has_audio: bool = True, audio_end: float = float('inf')) -> list:
+    "ffmpeg arguments that write scenes `ranges` ([start, end) frames) of `src` to `dests`; no audio where it ended (`audio_end`, s)."
     t, n, dt = cuts.times, cuts.n_frames, 1 / (cuts.fps or 25)
     def at(i): return float(t[i]) if i < n else float(t[-1]) + dt
     def mid(i): return (at(i - 1) + at(i)) / 2
     seek = max(0.0, at(ranges[0][0]) - 1.0)
     args = ['-copyts', *(['-ss', f'{seek:.4f}'] if seek > 0 else []), '-i', ffpath(src)]
     k = len(ranges)
+    voiced = [j for j, (a, _) in enumerate(ranges) if has_audio and at(a) + dt <= audio_end]   # audio covers a frame
     g = [f"[0:v]split={k}" + ''.join(f'[v{j}]' for j in range(k))] if k > 1 else []
-    if has_audio and k > 1: g.append(f"[0:a]asplit={k}" + ''.join(f'[a{j}]' for j in range(k)))
+    if len(voiced) > 1: g.append(f"[0:a]asplit={len(voiced)}" + ''.join(f'[a{j}]' for j in voiced))
     for j, (a, b) in enumerate(ranges):
         vin = f'[v{j}]' if k > 1 else '[0:v]'
         lim = ':'.join(([f'start={mid(a):.6f}'] if a > 0 else []) + ([f'end={mid(b):.6f}'] if b < n else []))
         g.append(f"{vin}{'trim=' + lim + ',' if lim else ''}setpts=PTS-STARTPTS,fps={cfg.fps}"
                  f"{_even_crop(width, height)},format=yuv420p[ov{j}]")
-        if has_audio:
-            ain = f'[a{j}]' if k > 1 else '[0:a]'
+        if j in voiced:
+            ain = f'[a{j}]' if len(voiced) > 1 else '[0:a]'
             alim = ':'.join(([f'start={at(a):.6f}'] if a > 0 else [f'start={at(0):.6f}']) + [f'end={at(b):.6f}'])
             g.append(f"{ain}atrim={alim},asetpts=PTS-STARTPTS[oa{j}]")
     args += ['-filter_complex', ';'.join(g)]
     for j, d in enumerate(dests):
         args += ['-map', f'[ov{j}]', '-c:v', 'libx264', '-preset', cfg.preset, '-crf', str(cfg.crf), '-g', str(cfg.keyint)]
-        if has_audio: args += ['-map', f'[oa{j}]', '-c:a', 'aac', '-b:a', '128k']
+        if j in voiced: args += ['-map', f'[oa{j}]', '-c:a', 'aac', '-b:a', '128k']
         args += ['-map_metadata', '-1', '-f', 'mp4', ffpath(d)]
     return args
 
@@ -260,17 +261,20 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     dests = [layout.path('scenes', scene_name(name, k + 1), '.mp4') for k in range(len(ranges))]
     outdir.mkdir(parents=True, exist_ok=True)
     rotated = _rotation(src) != 0
-    how = 'split'
+    how, silent = 'split', []
     if len(ranges) == 1 and cfg.copy_uncut and src.suffix.lower() == '.mp4' and not rotated:
         how = link_or_copy(src, dests[0])
     else:
+        end = _audio_end(src) if info.has_audio else 0.0
+        silent = [k + 1 for k, (a, _) in enumerate(ranges) if cuts.times[a] + 1 / (cuts.fps or 25) > end]   # audio ended before
         for g in range(0, len(ranges), cfg.group):
             rs, ds = ranges[g:g + cfg.group], dests[g:g + cfg.group]
             with contextlib_multi([atomic_path(d) for d in ds]) as tmps:
-                run_ffmpeg(split_command(src, cuts, rs, tmps, cfg, info.width, info.height, info.has_audio), src,
+                run_ffmpeg(split_command(src, cuts, rs, tmps, cfg, info.width, info.height, info.has_audio, end), src,
                            timeout=max(600, 20 * info.duration), what='scene split')
     figures = dict(n_scenes=len(ranges), cuts=cuts.cuts, cut_times=cuts.cut_times, n_frames=cuts.n_frames,
                    fps=round(cuts.fps, 4), duration=round(info.duration, 4), how=how,
+                   scenes_without_audio=silent,
                    detect_s=round(t1 - t0, 3), split_s=round(time.perf_counter() - t1, 3))
     old = _done(layout, name) or {}
     for o in set(old.get('outputs', [])) - {d.name for d in dests}: (outdir / o).unlink(missing_ok=True)
@@ -296,6 +300,14 @@ def _rotation(path) -> int:
             for f in c.decode(c.streams.video[0]): return int(round(f.rotation or 0)) % 360
         except Exception: return 0
     return 0
+
+def _audio_end(path) -> float:
+    "When the audio of `path` ends, in the file's own timestamps (infinity when unknown)."
+    from talkface.media import _open
+    with _open(path) as c:
+        a = c.streams.audio[0] if c.streams.audio else None
+        if a is None or a.duration is None: return float('inf')
+        return float(((a.start_time or 0) + a.duration) * a.time_base)
 
 # %% ../nbs/03_scenes.ipynb #1a92e329
 def _flag_overwrite(p: argparse.ArgumentParser):
