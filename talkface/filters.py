@@ -115,6 +115,7 @@ def measure(path, cfg: FilterConfig = FilterConfig()) -> dict:
     info = probe(p)
     s = dict(duration=round(info.video_duration if info.has_video else info.duration, 4),
              size_kb=round(info.size_bytes / 1024, 2), has_video=info.has_video, has_audio=info.has_audio,
+             audio_duration=round(info.audio_duration, 4),
              fps=round(info.fps, 4), width=info.width, height=info.height, n_frames=info.n_frames,
              source_size=info.size_bytes, source_mtime=round(p.stat().st_mtime, 3))
     frames = []
@@ -143,6 +144,8 @@ def decide(scores: dict, cfg: FilterConfig = FilterConfig()) -> tuple[bool, str]
     s, why = scores, []
     if not s.get('has_video', False): why.append('no video stream')
     if not s.get('has_audio', False): why.append('no audio stream (the dataset needs speech)')
+    if s.get('has_audio') and s.get('has_video') and s['duration'] - s.get('audio_duration', s['duration']) > 0.04:
+        why.append(f"audio ends {s['duration'] - s['audio_duration']:.2f} s before the video (more than one 25 fps frame)")
     if cfg.min_duration and s.get('duration', 0) < cfg.min_duration:
         why.append(f"too short: duration {s.get('duration', 0):.2f} s < {cfg.min_duration:g} s")
     if cfg.min_size and s.get('size_kb', 0) < cfg.min_size:
