@@ -12,25 +12,76 @@ from .core import (BadInput, TalkfaceError, MissingWeights, Skip, Layout, Manife
                            atomic_path, save_npy, write_json, log, run_each, setup_logging, weights_dir, require_weights, is_complete)
 
 # %% auto #0
-__all__ = ['SR', 'FPS', 'AUDIO_EXTS', 'SILENCE_PEAK', 'RATES', 'WEIGHTS', 'NO_WEIGHTS', 'PHONEMES', 'WHISPER_WINDOW', 'FEATURES',
-           'SUFFIXES', 'get_vad', 'resample', 'vad_segments', 'speech_ratio', 'load_audio_16k', 'is_silent',
-           'feats_per_frame', 'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'delta', 'mfcc',
-           'model_folder', 'quiet_transformers', 'resolve_device', 'Encoder', 'get_encoder', 'parse_layers',
-           'NpyWriter', 'normalise_input', 'encode', 'make_random_model', 'whisper_encode', 'get_asr', 'transcribe',
-           'ctc_vocab', 'phoneme_ids', 'phoneme_segments', 'AudioConfig', 'available_features', 'feature_outputs',
-           'voiced_frames', 'extract', 'extract_file', 'audio_clip', 'parser', 'config_from_args', 'main']
+__all__ = ['SR', 'FPS', 'VAD_WINDOW', 'VAD_CONTEXT', 'AUDIO_EXTS', 'SILENCE_PEAK', 'RATES', 'WEIGHTS', 'NO_WEIGHTS', 'PHONEMES',
+           'WHISPER_WINDOW', 'FEATURES', 'SUFFIXES', 'vad_model_path', 'get_vad', 'speech_probs', 'speech_segments',
+           'resample', 'vad_segments', 'speech_ratio', 'load_audio_16k', 'is_silent', 'feats_per_frame',
+           'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'delta', 'mfcc', 'model_folder',
+           'quiet_transformers', 'resolve_device', 'Encoder', 'get_encoder', 'parse_layers', 'NpyWriter',
+           'normalise_input', 'encode', 'make_random_model', 'whisper_encode', 'get_asr', 'transcribe', 'ctc_vocab',
+           'phoneme_ids', 'phoneme_segments', 'AudioConfig', 'available_features', 'feature_outputs', 'voiced_frames',
+           'extract', 'extract_file', 'audio_clip', 'parser', 'config_from_args', 'main']
 
 # %% ../nbs/10_audio.ipynb #4e30ae4a
 SR = 16000   # every feature is computed on 16 kHz mono
 FPS = 25     # the dataset's video rate
 
+VAD_WINDOW, VAD_CONTEXT = 512, 64   # Silero's 16 kHz window, and the samples of the previous window it also sees
+
+def vad_model_path() -> Path:
+    "Silero VAD's whole-sequence ONNX export, inside the silero-vad wheel (found without importing the package)."
+    import importlib.util
+    spec = importlib.util.find_spec('silero_vad')
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingWeights('silero-vad', 'the Silero VAD package is not installed', 'pip install silero-vad')
+    return require_weights(Path(list(spec.submodule_search_locations)[0]) / 'data' / 'silero_vad_16k_sequence.onnx',
+                           'silero-vad', 'the silero-vad wheel (pip install silero-vad)')
+
 @functools.lru_cache(maxsize=None)
 def get_vad():
-    "The Silero VAD model (from the silero-vad wheel), loaded once per process."
-    from silero_vad import load_silero_vad
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return load_silero_vad()
+    "The Silero VAD model as an onnxruntime session on one thread, loaded once per process."
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3                      # the export's unused initializers are not worth a warning
+    return ort.InferenceSession(str(vad_model_path()), so, providers=['CPUExecutionProvider'])
+
+def speech_probs(x: np.ndarray, block: int = 4096) -> np.ndarray:
+    "Silero VAD's speech probability for each 512-sample window of 16 kHz mono `x` (the last one zero-padded)."
+    n = -(-len(x) // VAD_WINDOW)
+    padded = np.zeros(VAD_CONTEXT + n * VAD_WINDOW, np.float32)
+    padded[VAD_CONTEXT:VAD_CONTEXT + len(x)] = x
+    win = np.lib.stride_tricks.sliding_window_view(padded, VAD_CONTEXT + VAD_WINDOW)[::VAD_WINDOW]
+    h = c = np.zeros((1, 1, 128), np.float32)
+    out = []
+    for k in range(0, n, block):                   # blocks carry the state: memory stays bounded on long audio
+        p, h, c = get_vad().run(None, {'input': np.ascontiguousarray(win[k:k + block]), 'h': h, 'c': c})
+        out.append(p)
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+def speech_segments(probs, n_samples: int, threshold: float = 0.5, min_speech_ms: int = 250, min_silence_ms: int = 100,
+                    speech_pad_ms: int = 30, sr: int = SR, window: int = VAD_WINDOW) -> list[list[int]]:
+    "Speech `[start, end)` sample ranges from per-window probabilities, by Silero's rules (see above)."
+    low = max(threshold - 0.15, 0.01)
+    min_speech, min_silence, pad = sr * min_speech_ms / 1000, sr * min_silence_ms / 1000, int(sr * speech_pad_ms / 1000)
+    segs, start, quiet = [], None, None            # quiet: where the current pause began
+    for i, p in enumerate(probs):
+        at = i * window
+        if start is None:
+            if p >= threshold: start = at
+            continue
+        if p >= threshold: quiet = None
+        elif p < low:
+            quiet = at if quiet is None else quiet
+            if at - quiet >= min_silence:
+                if quiet - start > min_speech: segs.append([start, quiet])
+                start = quiet = None
+    if start is not None and n_samples - start > min_speech: segs.append([start, n_samples])
+    for a, b in zip(segs, segs[1:]):               # pad; segments closer than two pads meet halfway
+        gap = b[0] - a[1]
+        grow = gap // 2 if gap < 2 * pad else pad
+        a[1] += grow; b[0] -= grow
+    if segs: segs[0][0] = max(0, segs[0][0] - pad); segs[-1][1] = min(n_samples, segs[-1][1] + pad)
+    return segs
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     "Resample mono float samples from `sr_in` to `sr_out` (polyphase filter)."
@@ -48,15 +99,10 @@ def _as_samples(path_or_samples, sr: int = SR) -> np.ndarray:
 def vad_segments(samples, sr: int = SR, threshold: float = 0.5, min_speech_ms: int = 250,
                  min_silence_ms: int = 100, speech_pad_ms: int = 30) -> list[tuple[float, float]]:
     "Speech segments `[(start_s, end_s), ...]` of mono `samples` at `sr` Hz (or a file), by Silero VAD."
-    import torch
-    from silero_vad import get_speech_timestamps
     x = _as_samples(samples, sr)
-    if len(x) < 512 or not np.any(x): return []
-    with torch.no_grad():
-        ts = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(x)), get_vad(), threshold=threshold,
-                                   sampling_rate=SR, min_speech_duration_ms=min_speech_ms,
-                                   min_silence_duration_ms=min_silence_ms, speech_pad_ms=speech_pad_ms)
-    return [(round(t['start'] / SR, 4), round(t['end'] / SR, 4)) for t in ts]
+    if len(x) < VAD_WINDOW or not np.any(x): return []
+    segs = speech_segments(speech_probs(x), len(x), threshold, min_speech_ms, min_silence_ms, speech_pad_ms)
+    return [(round(a / SR, 4), round(b / SR, 4)) for a, b in segs]
 
 def speech_ratio(path_or_samples, sr: int = SR, **kw) -> float:
     "The fraction of the audio (a file, or mono samples at `sr`) that Silero VAD marks as speech."

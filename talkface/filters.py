@@ -63,8 +63,10 @@ import contextlib
 
 @contextlib.contextmanager
 def one_thread():
-    "Run torch on a single thread inside the block (small models on few frames: no OpenMP contention)."
-    import torch
+    "Run torch, when loaded (the CUDA detector), on a single thread inside the block: small models on few frames."
+    torch = sys.modules.get('torch')
+    if torch is None:
+        yield; return
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try: yield
