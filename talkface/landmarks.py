@@ -187,8 +187,7 @@ def iter_video_frames(path, color: bool = False, fast: bool = True, threads: int
     p = Path(path)
     i = 0
     with _open(p) as c:   # clear errors for missing, empty and unreadable files
-        v = video_stream(c, p, threads)
-        if fast: v.codec_context.options = {'skip_loop_filter': 'all', 'flags2': '+fast'}
+        v = video_stream(c, p, threads, fast)
         try:
             for frame in c.decode(v):
                 i += 1

@@ -201,19 +201,22 @@ def _scaled(w: int, h: int, size) -> tuple[int, int]:
         return max(2, round(w * s / 2) * 2), max(2, round(h * s / 2) * 2)
     return int(size[0]), int(size[1])
 
-def video_stream(c, path, threads: int = 0):
+def video_stream(c, path, threads: int = 0, fast: bool = False):
     "The first video stream of the open container `c`, set to decode with `threads` threads (0: this worker's share, else the library's choice)."
     if not c.streams.video: raise BadInput(path, 'no video stream')
     v = c.streams.video[0]
     v.thread_type = 'AUTO'
     if threads or worker_threads(): v.codec_context.thread_count = threads or worker_threads()
+    if fast: v.codec_context.options = {'skip_loop_filter': 'all', 'flags2': '+fast'}   # no deblocking: for analysis, not pictures
     return v
 
 def iter_frames(path, gray: bool = False, size=None, step: int = 1, threads: int = 0) -> Iterator[np.ndarray]:
     "Yield the frames of `path` as BGR (or gray) arrays, every `step`-th one, resized by `size` (max side px, scale, or (w,h))."
     import av
+    from av.video.reformatter import VideoReformatter
     p = Path(path)
     fmt = 'gray' if gray else 'bgr24'
+    convert = VideoReformatter()   # one scaler for the stream: a frame's own `to_ndarray` sets a new one up every time
     with _open(p) as c:
         v = video_stream(c, p, threads)
         i, n = 0, 0
@@ -221,7 +224,7 @@ def iter_frames(path, gray: bool = False, size=None, step: int = 1, threads: int
             for frame in c.decode(v):
                 if i % step == 0:
                     w, h = _scaled(frame.width, frame.height, size)
-                    yield frame.to_ndarray(format=fmt, width=w, height=h)
+                    yield convert.reformat(frame, w, h, fmt).to_ndarray()
                     n += 1
                 i += 1
         except av.error.FFmpegError as e:

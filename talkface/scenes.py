@@ -46,13 +46,13 @@ def _rotate(img: np.ndarray, rotation) -> np.ndarray:
     k = int(round((rotation or 0) / 90)) % 4   # PyAV: counter-clockwise degrees to turn the frame upright
     return np.ascontiguousarray(np.rot90(img, k)) if k else img
 
-def small_frames(path, width: int|None = 256, step: int = 1, rotate: bool = True) -> Iterator[tuple[int, float, np.ndarray]]:
-    "Yield `(index, seconds, bgr)` for every `step`-th frame of `path`, `width` px wide (None: full size)."
+def small_frames(path, width: int|None = 256, step: int = 1, rotate: bool = True, fast: bool = False) -> Iterator[tuple[int, float, np.ndarray]]:
+    "Yield `(index, seconds, bgr)` for every `step`-th frame of `path`, `width` px wide (None: full size; `fast`: no deblocking)."
     import av
     p = Path(path)
     from talkface.media import _open
     with _open(p) as c:
-        v = video_stream(c, p)
+        v = video_stream(c, p, fast=fast)
         tb, start, i = v.time_base, v.start_time or 0, 0
         fps = float(v.average_rate or v.guessed_rate or 25)
         try:
@@ -161,7 +161,7 @@ def detect_cuts(path, cfg: ScenesConfig = ScenesConfig()) -> Cuts:
         v = c.streams.video[0]
         rate = Fraction(v.average_rate or v.guessed_rate or 25).limit_denominator(100000)
     cuts, times, scores, tc = [], [], [], None
-    for i, t, img in small_frames(path, cfg.width, rotate=False):
+    for i, t, img in small_frames(path, cfg.width, rotate=False, fast=True):   # a 256 px picture needs no deblocking
         tc = FrameTimecode(i, fps=rate)
         cuts += [c.frame_num for c in det.process_frame(tc, img)]
         times.append(t); scores.append(float(getattr(det, '_frame_score', None) or 0.0))
