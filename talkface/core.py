@@ -228,6 +228,7 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS results (
 class Manifest:
     "One row per clip × stage in `<root>/manifest.sqlite`."
     def __init__(self, root):
+        self.root = Path(os.path.abspath(root))
         self.path = Path(root) / 'manifest.sqlite'
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -238,13 +239,21 @@ class Manifest:
         "Insert or replace the row for (clip, stage)."
         self.db.execute('INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)',
             (clip, stage, res.status, res.reason, res.seconds, json.dumps(res.figures, default=_jsonable),
-             json.dumps([str(o) for o in res.outputs]), str(source), time.time()))
+             json.dumps([self._stored(o) for o in res.outputs]), str(source), time.time()))
+
+    def _stored(self, path) -> str:
+        "A path as stored: relative to the root when inside it."
+        p = Path(os.path.abspath(path))
+        return p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p)
+
+    def _outputs(self, text) -> list[str]:
+        return [str(self.root / o) if not Path(o).is_absolute() else o for o in json.loads(text or '[]')]
 
     def get(self, clip: str, stage: str) -> StageResult|None:
         "The recorded result for (clip, stage), or None."
         r = self.db.execute('SELECT status, reason, figures, outputs, seconds FROM results WHERE clip=? AND stage=?',
                             (clip, stage)).fetchone()
-        return None if r is None else StageResult(r[0], r[1] or '', json.loads(r[2] or '{}'), json.loads(r[3] or '[]'), r[4] or 0)
+        return None if r is None else StageResult(r[0], r[1] or '', json.loads(r[2] or '{}'), self._outputs(r[3]), r[4] or 0)
 
     def rows(self, stage: str|None = None) -> list[dict]:
         "All rows (or one stage's) as dicts with `figures` decoded."
@@ -252,7 +261,7 @@ class Manifest:
         cur = self.db.execute(q, a)
         cols = [c[0] for c in cur.description]
         out = [dict(zip(cols, r)) for r in cur.fetchall()]
-        for r in out: r['figures'], r['outputs'] = json.loads(r['figures'] or '{}'), json.loads(r['outputs'] or '[]')
+        for r in out: r['figures'], r['outputs'] = json.loads(r['figures'] or '{}'), self._outputs(r['outputs'])
         return out
 
     def df(self, stage: str|None = None):
