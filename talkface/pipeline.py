@@ -442,25 +442,26 @@ def run_batch(stage: str, input_dir, output_dir, params: dict|None = None, log_d
 
 # %% ../nbs/11_pipeline.ipynb #17d52fdb
 def _stage_flags(parser, registry=STAGES) -> dict:
-    "Add `--<field>` for each stage config field (the original flag names) not already taken; return {dest: (stage, field)}."
-    taken, out, owners = {a.dest for a in parser._actions}, {}, defaultdict(list)
-    configs = []
+    """Add `--<field>` for each stage config field (the original flag names); return {dest: [(stage, field), ...]}.
+    A flag sets every stage whose field has its name and its default (one setting, such as fps 25 or crf 18);
+    a field of the same name with another default means something else there and is reached by `--set`."""
+    taken, out = {a.dest for a in parser._actions}, {}
+    fields_by_name = defaultdict(list)          # name -> [(stage, default), ...] in stage order
     for st in registry:
-        try: configs.append((st, _load(st.config)))
+        try: cls = _load(st.config)
         except (ImportError, AttributeError): continue
-    for st, cls in configs:
-        for f in dataclasses.fields(cls): owners[f.name].append(st.name)
-    for st, cls in configs:
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            if f.name in taken or not isinstance(default, (int, float, str, bool, type(None))): continue
-            taken.add(f.name); out[f.name] = (st.name, f.name)
-            kind = type(default) if default is not None else str
-            others = [o for o in owners[f.name] if o != st.name]   # a shared name sets the first stage; the others by --set
-            more = f"; {', '.join(others)}: --set STAGE.{f.name}=VALUE" if others else ''
-            text = f'{st.name}: {f.name} (default {default}){more}'
-            if kind is bool: parser.add_argument(f'--{f.name}', type=lambda v: v.lower() in ('1', 'true', 'yes'), default=None, metavar='BOOL', help=text)
-            else: parser.add_argument(f'--{f.name}', type=kind, default=None, help=text)
+            fields_by_name[f.name].append((st.name, f.default if f.default is not dataclasses.MISSING else None))
+    for name, owners in fields_by_name.items():
+        default = owners[0][1]
+        if name in taken or not isinstance(default, (int, float, str, bool, type(None))): continue
+        same = [st for st, d in owners if type(d) is type(default) and d == default]
+        other = [st for st, d in owners if st not in same]
+        out[name] = [(st, name) for st in same]
+        kind = type(default) if default is not None else str
+        text = f"{', '.join(same)}: {name} (default {default})" + (f"; {', '.join(other)}: --set STAGE.{name}=VALUE" if other else '')
+        if kind is bool: parser.add_argument(f'--{name}', type=lambda v: v.lower() in ('1', 'true', 'yes'), default=None, metavar='BOOL', help=text)
+        else: parser.add_argument(f'--{name}', type=kind, default=None, help=text)
     return out
 
 def run_parser() -> tuple[argparse.ArgumentParser, dict]:
@@ -487,8 +488,9 @@ def config_from_args(args, stage_flags: dict) -> RunConfig:
     for k in ('input', 'output', 'stages', 'frames', 'engine', 'workers', 'threads', 'device', 'retry_failed', 'ray_address'):
         if getattr(args, k) is not None: setattr(run, k, getattr(args, k))
     sections = defaultdict(dict)
-    for dest, (stage, fname) in stage_flags.items():
-        if getattr(args, dest) is not None: sections[stage][fname] = getattr(args, dest)
+    for dest, targets in stage_flags.items():
+        if getattr(args, dest) is not None:
+            for stage, fname in targets: sections[stage][fname] = getattr(args, dest)
     for item in args.set:
         key, _, value = item.partition('=')
         stage, _, fname = key.partition('.')
