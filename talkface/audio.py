@@ -48,6 +48,7 @@ def get_vad():
 def speech_probs(x: np.ndarray, block: int = 4096) -> np.ndarray:
     "Silero VAD's speech probability for each 512-sample window of 16 kHz mono `x` (the last one zero-padded)."
     n = -(-len(x) // VAD_WINDOW)
+    if n == 0: return np.zeros(0, np.float32)
     padded = np.zeros(VAD_CONTEXT + n * VAD_WINDOW, np.float32)
     padded[VAD_CONTEXT:VAD_CONTEXT + len(x)] = x
     win = np.lib.stride_tricks.sliding_window_view(padded, VAD_CONTEXT + VAD_WINDOW)[::VAD_WINDOW]
