@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
-import torch
-torch.set_num_threads(2)
 
 from talkface.core import Layout
 from talkface.media import ffmpeg_exe, ffpath, probe, real_sample, run_ffmpeg
