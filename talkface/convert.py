@@ -53,11 +53,12 @@ def _starts(path) -> tuple[float, float]:
         return st(c.streams.video[0] if c.streams.video else None), st(c.streams.audio[0] if c.streams.audio else None)
 
 def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, channels: int = 2,
-                    offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0) -> list:
-    "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass."
+                    offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0, end: float|None = None) -> list:
+    "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass, cut at `end` s if given."
     vouts = [k for k in ('video', 'frames', 'count') if k in outs]
     crop = (box['filter'] + ',') if box else 'crop=trunc(iw/2)*2:trunc(ih/2)*2,'   # H.264 4:2:0 needs even sizes
-    g = [f"[0:v]{crop}setpts=PTS-STARTPTS,fps={cfg.fps},format=yuv420p" + (f",split={len(vouts)}" if len(vouts) > 1 else '')
+    vcut = f',trim=end_frame={int(round(end * cfg.fps))}' if end is not None else ''
+    g = [f"[0:v]{crop}setpts=PTS-STARTPTS,fps={cfg.fps}{vcut},format=yuv420p" + (f",split={len(vouts)}" if len(vouts) > 1 else '')
          + ''.join(f'[v_{k}]' for k in vouts)]
     if 'frames' in outs: g.append('[v_frames]format=rgb24[png]')
     if 'count' in outs: g.append('[v_count]scale=8:8,format=gray[cnt]')
@@ -65,7 +66,8 @@ def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, 
     if aouts:
         shift = (f",adelay=delays={int(round(offset * (sample_rate or 48000)))}S:all=1" if offset > 5e-4 else
                  f",atrim=start={-offset:.6f},asetpts=PTS-STARTPTS" if offset < -5e-4 else '')
-        g.append(f"[0:a]asetpts=PTS-STARTPTS{shift}" + (f",asplit={len(aouts)}" if len(aouts) > 1 else '')
+        acut = f',atrim=end={end:.6f}' if end is not None else ''
+        g.append(f"[0:a]asetpts=PTS-STARTPTS{shift}{acut}" + (f",asplit={len(aouts)}" if len(aouts) > 1 else '')
                  + ''.join(f'[a_{k}]' for k in aouts))
         if 'wav' in outs:
             mono = 'pan=mono|c0=0.5*c0+0.5*c1' if channels == 2 else 'aformat=channel_layouts=mono'
@@ -134,13 +136,18 @@ def convert_clip(clip: str, layout: Layout, cfg: ConvertConfig = ConvertConfig()
         raise TalkfaceError(src, f"the crop box was made for a {box.get('width')}x{box.get('height')} video, this one is {info.width}x{info.height}",
                             'run talkface crop again')
     v0, a0 = _starts(src)
+    audio_end = info.audio_duration + (a0 - v0)      # on the video's clock: a late start counts (it is padded with silence)
+    end = min(info.video_duration, audio_end) if info.has_audio and abs(info.video_duration - audio_end) * cfg.fps > cfg.tolerance else None
+    if end is not None and round(end * cfg.fps) < 1:
+        raise BadInput(src, f'audio and video overlap for {max(end, 0):.2f} s: not one frame with sound')
     t0 = time.perf_counter()
     import tempfile as _tf
     with contextlib_multi([atomic_path(p, is_dir=(k == 'frames')) for k, p in outs.items()]) as tmps:
         tmp = dict(zip(outs, tmps))
         with _tf.TemporaryDirectory(dir=layout.root if layout.root.exists() else None, prefix='.convert.tmp-') as scratch:
             if 'video' not in tmp and 'frames' not in tmp: tmp['count'] = Path(scratch) / 'count.raw'
-            cmd, limit = convert_command(src, tmp, cfg, box, info.channels, a0 - v0, info.has_audio, info.sample_rate), max(600, 30 * info.duration)
+            cmd = convert_command(src, tmp, cfg, box, info.channels, a0 - v0, info.has_audio, info.sample_rate, end)
+            limit = max(600, 30 * info.duration)
             if 'frames' in tmp: n_png = write_png_frames(ffmpeg_frames(cmd, src, limit, 'convert'), tmp['frames'])
             else: run_ffmpeg(cmd, src, limit, 'convert')
             fig = dict(source=str(src), cropped=bool(box), side=box['out_size'] if box else info.width)
@@ -152,9 +159,10 @@ def convert_clip(clip: str, layout: Layout, cfg: ConvertConfig = ConvertConfig()
             if len(set(counts.values())) > 1: raise TalkfaceError(src, f'frame counts differ between outputs: {counts}')
             if n == 0: raise BadInput(src, 'no frames were written')
             fig.update(frames=n, png=counts.get('png'), fps=cfg.fps)
-            if info.has_audio:   # the audio's end on the video's clock: a late start counts (it is padded with silence)
+            if info.has_audio:
                 fig['audio_duration'], fig['audio_offset'] = round(info.audio_duration, 4), round(a0 - v0, 4)
-                fig['offset_frames'] = check_alignment(n, info.audio_duration + (a0 - v0), src, cfg)
+                if end is not None: fig['cut_at'], fig['cut'] = round(end, 4), 'video' if audio_end < info.video_duration else 'audio'
+                fig['offset_frames'] = check_alignment(n, audio_end if end is None else end, src, cfg)
             if 'wav' in tmp: fig['wav_samples'], fig['wav_pad'] = fit_wav(tmp['wav'], n, cfg)
     fig['seconds_per_video_second'] = round((time.perf_counter() - t0) / max(info.duration, 1e-6), 4)
     return ok(list(outs.values()), **fig)

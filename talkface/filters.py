@@ -146,10 +146,10 @@ def decide(scores: dict, cfg: FilterConfig = FilterConfig()) -> tuple[bool, str]
     s, why = scores, []
     if not s.get('has_video', False): why.append('no video stream')
     if not s.get('has_audio', False): why.append('no audio stream (the dataset needs speech)')
-    if s.get('has_audio') and s.get('has_video') and s['duration'] - s.get('audio_duration', s['duration']) > 0.04:
-        why.append(f"audio ends {s['duration'] - s['audio_duration']:.2f} s before the video (more than one 25 fps frame)")
     if cfg.min_duration and s.get('duration', 0) < cfg.min_duration:
         why.append(f"too short: duration {s.get('duration', 0):.2f} s < {cfg.min_duration:g} s")
+    elif cfg.min_duration and s.get('has_audio') and s.get('audio_duration', cfg.min_duration) < cfg.min_duration:
+        why.append(f"too short: {s['audio_duration']:.2f} s with sound < {cfg.min_duration:g} s (convert keeps the frames that have audio)")
     if cfg.min_size and s.get('size_kb', 0) < cfg.min_size:
         why.append(f"too small: {s.get('size_kb', 0):.1f} KB < {cfg.min_size:g} KB")
     if s.get('has_video'):

@@ -93,15 +93,20 @@ def test_late_audio_is_delayed_to_the_video_clock(scenes, tmp_path):
     assert np.abs(x[:int(0.38 * sr)]).max() < 1e-3 and np.abs(x[int(0.45 * sr):]).max() > 0.05
 
 
-def test_misaligned_audio_fails_and_leaves_nothing(scenes, tmp_path):
+def test_sound_stopping_early_cuts_the_video_and_no_sound_fails_cleanly(scenes, tmp_path):
     s = scenes[0]
-    short = tmp_path / 'short audio.mp4'
+    lay = Layout(tmp_path / 'o'); lay.dir('raw').mkdir(parents=True)
+    short, early = lay.path('raw', 'x', '.mp4'), lay.path('raw', 'y', '.mp4')
     run_ffmpeg(['-i', ffpath(s), '-c:v', 'copy', '-af', 'atrim=0:2', '-c:a', 'aac', ffpath(short)], s)
-    lay = Layout(tmp_path / 'o'); lay.dir('raw').mkdir(parents=True); os.link(short, lay.path('raw', 'x', '.mp4'))
-    crop_clip('x', lay, CropConfig(encode=False))
+    # the video starts 10 s late: the sound is over before its first frame
+    run_ffmpeg(['-itsoffset', '10', '-i', ffpath(s), '-i', ffpath(s), '-map', '0:v', '-map', '1:a', '-c', 'copy', ffpath(early)], s)
+    for c in ('x', 'y'): crop_clip(c, lay, CropConfig(encode=False))
     r = run_stage(convert_clip, 'x', lay, ConvertConfig())
-    assert r.status == 'failed' and 'audio and video disagree' in r.reason and 'x.mp4' in r.reason
-    assert [p for p in lay.root.rglob('*') if p.is_file() and p.parent not in (lay.dir('raw'), lay.dir('cropped'))] == []
+    assert r.status == 'ok' and r.figures['cut'] == 'video' and r.figures['frames'] == 50, r
+    assert check_outputs('x', lay)['wav_samples'] == 640 * 50
+    r = run_stage(convert_clip, 'y', lay, ConvertConfig())
+    assert r.status == 'failed' and 'not one frame with sound' in r.reason and 'y.mp4' in r.reason, r
+    assert [p for p in lay.root.rglob('*') if 'y' == p.stem and p.parent not in (lay.dir('raw'), lay.dir('cropped'))] == []
     assert [p for p in lay.root.rglob('*') if TMP_TAG in p.name] == []
     r = run_stage(convert_clip, 'nothing', lay, ConvertConfig())
     assert r.status == 'failed' and 'run talkface crop first' in r.reason
