@@ -237,9 +237,9 @@ def quiet_transformers():
 @functools.lru_cache(maxsize=None)
 def resolve_device(name: str = 'cuda') -> str:
     "'auto' or 'cuda' mean CUDA when available; like the original, a missing GPU falls back to the CPU with a warning."
-    import torch
-    if name in (None, '', 'auto'): return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name.startswith('cuda') and not torch.cuda.is_available():
+    from talkface.faces import resolve_device as auto_device
+    name = auto_device(name)
+    if name.startswith('cuda') and auto_device('auto') != 'cuda':
         log.warning('CUDA is not available on this device. Switching to CPU.'); return 'cpu'
     return name
 
