@@ -39,6 +39,8 @@ def gather(root) -> dict:
         if r.status != 'ok': g['reasons'][(r.stage, r.status, _why(r.reason))] += 1
     by = lambda st: df[df.stage == st] if len(df) else df
     g['duration'] = _figure(by('filter'), 'duration', 'duration_s')
+    conv = by('convert')
+    g['cut'] = [c for c in conv['fig.cut'] if isinstance(c, str)] if 'fig.cut' in conv else []   # the stream that lost its end
     g['face_size'] = _figure(by('filter'), 'face_size', 'face_size_px', 'max_face_size')
     if not len(g['face_size']): g['face_size'] = _figure(by('crop'), 'face_size', 'box_size', 'side')
     g['blinks'] = _figure(by('aus'), 'blinks')
@@ -124,6 +126,10 @@ def landmark_grid(root, clips: list[str], n: int = 8) -> bytes:
 def _table(header, rows) -> list[str]:
     return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
 
+def _cut_line(n: int, lost: str) -> str:
+    first, then = ('sound', 'picture') if lost == 'video' else ('picture', 'sound')
+    return f"Convert cut {n} {'clip' if n == 1 else 'clips'} where the {first} stopped before the {then}, to keep them aligned."
+
 def report_sections(g: dict) -> list[tuple[str, list[str], bytes|None]]:
     "The report as (title, markdown lines, picture) sections."
     from talkface.pipeline import STAGES
@@ -144,7 +150,8 @@ def report_sections(g: dict) -> list[tuple[str, list[str], bytes|None]]:
     return [
         ('Clips per stage', _table(['stage', 'ok', 'skipped', 'failed'], counts), None),
         ('Why clips stopped', _table(['clips', 'stage', 'status', 'reason'], reasons) if reasons else ['Every clip went through every stage.'], None),
-        ('Durations', [f'{len(g["duration"])} clips, {g["duration"].sum():.1f} s in all.' if len(g['duration']) else 'no data'],
+        ('Durations', [f'{len(g["duration"])} clips, {g["duration"].sum():.1f} s in all.' if len(g['duration']) else 'no data']
+                      + [_cut_line(g['cut'].count(k), k) for k in ('video', 'audio') if k in g['cut']],
          _hist(g['duration'], 'clip duration', 'seconds')),
         ('Face size', [f'median {np.median(g["face_size"]):.0f} px' if len(g['face_size']) else 'no data'], _hist(g['face_size'], 'face size', 'pixels')),
         ('Head pose', pose_lines, pose_figure(pose)),
