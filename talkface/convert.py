@@ -45,13 +45,6 @@ def convert_input(clip: str, layout: Layout, src=None, box: dict|None = None) ->
     return find_input(layout, 'raw', clip), box
 
 # %% ../nbs/06_convert.ipynb #08a048bf
-def _starts(path) -> tuple[float, float]:
-    "Start times (s) of the first video and audio streams."
-    from talkface.media import _open
-    with _open(path) as c:
-        def st(s): return float(s.start_time * s.time_base) if s is not None and s.start_time is not None else 0.0
-        return st(c.streams.video[0] if c.streams.video else None), st(c.streams.audio[0] if c.streams.audio else None)
-
 def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, channels: int = 2,
                     offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0, end: float|None = None) -> list:
     "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass, cut at `end` s if given."
@@ -135,7 +128,7 @@ def convert_clip(clip: str, layout: Layout, cfg: ConvertConfig = ConvertConfig()
     if box and (box.get('width'), box.get('height')) != (info.width, info.height) and not _rotated_match(box, info):
         raise TalkfaceError(src, f"the crop box was made for a {box.get('width')}x{box.get('height')} video, this one is {info.width}x{info.height}",
                             'run talkface crop again')
-    v0, a0 = _starts(src)
+    v0, a0 = info.video_start, info.audio_start
     audio_end = info.audio_duration + (a0 - v0)      # on the video's clock: a late start counts (it is padded with silence)
     end = min(info.video_duration, audio_end) if info.has_audio and abs(info.video_duration - audio_end) * cfg.fps > cfg.tolerance else None
     if end is not None and round(end * cfg.fps) < 1:

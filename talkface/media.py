@@ -134,10 +134,12 @@ class Probe:
     video_codec: str = ''
     pix_fmt: str = ''
     video_duration: float = 0.0
+    video_start: float = 0.0 # s, the stream's first timestamp (convert aligns the audio to it)
     sample_rate: int = 0
     channels: int = 0
     audio_codec: str = ''
     audio_duration: float = 0.0
+    audio_start: float = 0.0 # s
     def dict(self): return asdict(self)
 
 _PLAIN = {'Invalid data found when processing input': 'no known audio or video format inside: an error page, '
@@ -184,10 +186,11 @@ def probe(path) -> Probe:
             if n == 0: raise BadInput(p, 'video stream has no frames')
             if v.frames and n < v.frames: raise BadInput(p, f'file is truncated: {n} of {v.frames} frames present')
             start = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
-            info.n_frames = n
+            info.n_frames, info.video_start = n, start
             info.video_duration = max(last - start, 0.0) or n / (info.fps or 25)
         if a is not None:
             info.sample_rate, info.channels, info.audio_codec = a.rate or 0, a.channels or 0, a.codec_context.name
+            info.audio_start = float(a.start_time * a.time_base) if a.start_time is not None else 0.0
             if a.duration is not None: info.audio_duration = float(a.duration * a.time_base)
             elif c.duration: info.audio_duration = c.duration / 1e6
         info.duration = max(info.video_duration, info.audio_duration)

@@ -265,7 +265,7 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     if len(ranges) == 1 and cfg.copy_uncut and src.suffix.lower() == '.mp4' and not rotated:
         how = link_or_copy(src, dests[0])
     else:
-        end = _audio_end(src) if info.has_audio else 0.0
+        end = info.audio_start + info.audio_duration if info.has_audio else 0.0   # when the sound ends, on the file's clock
         silent = [k + 1 for k, (a, _) in enumerate(ranges) if cuts.times[a] + 1 / (cuts.fps or 25) > end]   # audio ended before
         for g in range(0, len(ranges), cfg.group):
             rs, ds = ranges[g:g + cfg.group], dests[g:g + cfg.group]
@@ -300,14 +300,6 @@ def _rotation(path) -> int:
             for f in c.decode(c.streams.video[0]): return int(round(f.rotation or 0)) % 360
         except Exception: return 0
     return 0
-
-def _audio_end(path) -> float:
-    "When the audio of `path` ends, in the file's own timestamps (infinity when unknown)."
-    from talkface.media import _open
-    with _open(path) as c:
-        a = c.streams.audio[0] if c.streams.audio else None
-        if a is None or a.duration is None: return float('inf')
-        return float(((a.start_time or 0) + a.duration) * a.time_base)
 
 # %% ../nbs/03_scenes.ipynb #1a92e329
 def _flag_overwrite(p: argparse.ArgumentParser):
