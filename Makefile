@@ -7,10 +7,11 @@ DEMO   ?= demo_output
 
 .PHONY: install demo test test-nbs test-py check-sync readme bench clean
 
+# No wheel cache: torch's CUDA wheels would take another ~3 GB of disk beside the ~7 GB installed.
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,ray]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-cache-dir -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
