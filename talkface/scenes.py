@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_scenes.ipynb #5506831b
 from __future__ import annotations
-import argparse, os, shutil, sys, time
+import argparse, os, shutil, subprocess, sys, time
 from dataclasses import dataclass, asdict
 from fractions import Fraction
 from pathlib import Path
@@ -15,9 +15,9 @@ from .core import (BadInput, Layout, Manifest, TalkfaceError, atomic_path, clip_
 from .media import error_text, ffpath, probe, run_ffmpeg, video_stream
 
 # %% auto #0
-__all__ = ['small_frames', 'keyframes', 'sampled_frames', 'ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'split_command',
-           'read_last', 'cut_strip', 'scene_name', 'record_path', 'link_or_copy', 'scenes_clip', 'contextlib_multi',
-           'summarize', 'main']
+__all__ = ['decoded_frames', 'small_frames', 'keyframes', 'sampled_frames', 'ScenesConfig', 'Cuts', 'make_detector',
+           'detect_cuts', 'split_command', 'audio_command', 'ScenePipe', 'StreamSplit', 'read_last', 'cut_strip',
+           'scene_name', 'record_path', 'link_or_copy', 'scenes_clip', 'contextlib_multi', 'summarize', 'main']
 
 # %% ../nbs/03_scenes.ipynb #0c19801f
 _PLANAR_420 = ('yuv420p', 'yuvj420p')
@@ -46,8 +46,8 @@ def _rotate(img: np.ndarray, rotation) -> np.ndarray:
     k = int(round((rotation or 0) / 90)) % 4   # PyAV: counter-clockwise degrees to turn the frame upright
     return np.ascontiguousarray(np.rot90(img, k)) if k else img
 
-def small_frames(path, width: int|None = 256, step: int = 1, rotate: bool = True, fast: bool = False) -> Iterator[tuple[int, float, np.ndarray]]:
-    "Yield `(index, seconds, bgr)` for every `step`-th frame of `path`, `width` px wide (None: full size; `fast`: no deblocking)."
+def decoded_frames(path, fast: bool = False) -> Iterator[tuple]:
+    "Yield `(index, seconds from the video's start, av.VideoFrame)` for every frame of `path` (`fast`: no deblocking)."
     import av
     p = Path(path)
     from talkface.media import _open
@@ -57,14 +57,18 @@ def small_frames(path, width: int|None = 256, step: int = 1, rotate: bool = True
         fps = float(v.average_rate or v.guessed_rate or 25)
         try:
             for frame in c.decode(v):
-                if i % step == 0:
-                    t = float((frame.pts - start) * tb) if frame.pts is not None else i / fps
-                    img = _small_bgr(frame, width)
-                    yield i, t, (_rotate(img, frame.rotation) if rotate else img)
+                yield i, (float((frame.pts - start) * tb) if frame.pts is not None else i / fps), frame
                 i += 1
         except av.error.FFmpegError as e:
             raise BadInput(p, f'video stream is corrupt after {i} frames ({error_text(e)})')
     if i == 0: raise BadInput(p, 'video stream has no decodable frames')
+
+def small_frames(path, width: int|None = 256, step: int = 1, rotate: bool = True, fast: bool = False) -> Iterator[tuple[int, float, np.ndarray]]:
+    "Yield `(index, seconds, bgr)` for every `step`-th frame of `path`, `width` px wide (None: full size; `fast`: no deblocking)."
+    for i, t, frame in decoded_frames(path, fast):
+        if i % step == 0:
+            img = _small_bgr(frame, width)
+            yield i, t, (_rotate(img, frame.rotation) if rotate else img)
 
 # %% ../nbs/03_scenes.ipynb #b7793ba2
 def _packet_pts(path) -> tuple[list, set]:
@@ -151,8 +155,8 @@ def make_detector(cfg: ScenesConfig):
     if cfg.detector == 'adaptive': return AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_scene_len)
     raise ValueError(f"unknown scene detector '{cfg.detector}' (content or adaptive)")
 
-def detect_cuts(path, cfg: ScenesConfig = ScenesConfig()) -> Cuts:
-    "Shot changes of `path`, from one decode at `cfg.width` px."
+def detect_cuts(path, cfg: ScenesConfig = ScenesConfig(), sink=None) -> Cuts:
+    "Shot changes of `path`, from one decode at `cfg.width` px; each decoded frame also goes to `sink` (a `StreamSplit`)."
     from scenedetect import FrameTimecode
     det = make_detector(cfg)
     from talkface.media import _open
@@ -160,47 +164,254 @@ def detect_cuts(path, cfg: ScenesConfig = ScenesConfig()) -> Cuts:
         if not c.streams.video: raise BadInput(path, 'no video stream')
         v = c.streams.video[0]
         rate = Fraction(v.average_rate or v.guessed_rate or 25).limit_denominator(100000)
+    if sink: sink.start(max(det.event_buffer_length, cfg.min_scene_len))   # how late the detector may report a cut
     cuts, times, scores, tc = [], [], [], None
-    for i, t, img in small_frames(path, cfg.width, rotate=False, fast=True):   # a 256 px picture needs no deblocking
+    for i, t, frame in decoded_frames(path, fast=sink is None):   # a 256 px picture alone needs no deblocking
         tc = FrameTimecode(i, fps=rate)
-        cuts += [c.frame_num for c in det.process_frame(tc, img)]
-        times.append(t); scores.append(float(getattr(det, '_frame_score', None) or 0.0))
+        new = [c.frame_num for c in det.process_frame(tc, _small_bgr(frame, cfg.width))]
+        cuts += new; times.append(t); scores.append(float(getattr(det, '_frame_score', None) or 0.0))
+        if sink: sink.frame(i, t, frame, new)
     if tc is not None: cuts += [c.frame_num for c in det.post_process(tc)]
     n = len(times)
     cuts = sorted({c for c in cuts if 0 < c < n})
-    return Cuts(cuts, [round(times[c], 4) for c in cuts], n, float(rate), np.array(times), np.array(scores, np.float32))
+    res = Cuts(cuts, [round(times[c], 4) for c in cuts], n, float(rate), np.array(times), np.array(scores, np.float32))
+    return res
 
 # %% ../nbs/03_scenes.ipynb #0f479867
+def _clock(cuts: Cuts, offset: float = 0.0):
+    "`at(i)`: when frame `i` starts on the file's clock (the video starts at `offset`; past the end: one frame after the last), and one frame's length."
+    t, n, dt = cuts.times, cuts.n_frames, 1 / (cuts.fps or 25)
+    def at(i): return offset + (float(t[i]) if i < n else float(t[-1]) + dt)
+    return at, dt
+
+def _audio_graph(ranges: list, at, voiced: list) -> list:
+    "Filter-graph parts that cut input 0's audio to each voiced scene's frame times, as [oaJ]."
+    g = [f"[0:a]asplit={len(voiced)}" + ''.join(f'[a{j}]' for j in voiced)] if len(voiced) > 1 else []
+    for j in voiced:
+        a, b = ranges[j]
+        g.append(f"{f'[a{j}]' if len(voiced) > 1 else '[0:a]'}atrim=start={at(a):.6f}:end={at(b):.6f},asetpts=PTS-STARTPTS[oa{j}]")
+    return g
+
 def _even_crop(w: int, h: int) -> str:
     return f',crop={w // 2 * 2}:{h // 2 * 2}:0:0' if (w % 2 or h % 2) else ''
 
 def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig, width: int, height: int,
-                  has_audio: bool = True, audio_end: float = float('inf')) -> list:
+                  has_audio: bool = True, audio_end: float = float('inf'), offset: float = 0.0) -> list:
     "ffmpeg arguments that write scenes `ranges` ([start, end) frames) of `src` to `dests`; no audio where it ended (`audio_end`, s)."
-    t, n, dt = cuts.times, cuts.n_frames, 1 / (cuts.fps or 25)
-    def at(i): return float(t[i]) if i < n else float(t[-1]) + dt
+    at, dt = _clock(cuts, offset)
+    n = cuts.n_frames
     def mid(i): return (at(i - 1) + at(i)) / 2
-    seek = max(0.0, at(ranges[0][0]) - 1.0)
+    seek = max(0.0, at(ranges[0][0]) - offset - 1.0)
     args = ['-copyts', *(['-ss', f'{seek:.4f}'] if seek > 0 else []), '-i', ffpath(src)]
     k = len(ranges)
     voiced = [j for j, (a, _) in enumerate(ranges) if has_audio and at(a) + dt <= audio_end]   # audio covers a frame
     g = [f"[0:v]split={k}" + ''.join(f'[v{j}]' for j in range(k))] if k > 1 else []
-    if len(voiced) > 1: g.append(f"[0:a]asplit={len(voiced)}" + ''.join(f'[a{j}]' for j in voiced))
     for j, (a, b) in enumerate(ranges):
         vin = f'[v{j}]' if k > 1 else '[0:v]'
         lim = ':'.join(([f'start={mid(a):.6f}'] if a > 0 else []) + ([f'end={mid(b):.6f}'] if b < n else []))
         g.append(f"{vin}{'trim=' + lim + ',' if lim else ''}setpts=PTS-STARTPTS,fps={cfg.fps}"
                  f"{_even_crop(width, height)},format=yuv420p[ov{j}]")
-        if j in voiced:
-            ain = f'[a{j}]' if len(voiced) > 1 else '[0:a]'
-            alim = ':'.join(([f'start={at(a):.6f}'] if a > 0 else [f'start={at(0):.6f}']) + [f'end={at(b):.6f}'])
-            g.append(f"{ain}atrim={alim},asetpts=PTS-STARTPTS[oa{j}]")
-    args += ['-filter_complex', ';'.join(g)]
+    args += ['-filter_complex', ';'.join(g + _audio_graph(ranges, at, voiced))]
     for j, d in enumerate(dests):
-        args += ['-map', f'[ov{j}]', '-c:v', 'libx264', '-preset', cfg.preset, '-crf', str(cfg.crf), '-g', str(cfg.keyint)]
+        args += ['-map', f'[ov{j}]', '-c:v', 'libx264', '-threads', 1, '-preset', cfg.preset, '-crf', str(cfg.crf), '-g', str(cfg.keyint)]
         if j in voiced: args += ['-map', f'[oa{j}]', '-c:a', 'aac', '-b:a', '128k']
         args += ['-map_metadata', '-1', '-f', 'mp4', ffpath(d)]
     return args
+
+def audio_command(src, cuts: Cuts, ranges: list, videos: list, dests: list, has_audio: bool = True,
+                  audio_end: float = float('inf'), offset: float = 0.0) -> list:
+    "ffmpeg arguments that write `dests`: the video-only scene files `videos` (copied) with `src`'s audio of their `ranges`."
+    at, dt = _clock(cuts, offset)
+    voiced = [j for j, (a, _) in enumerate(ranges) if has_audio and at(a) + dt <= audio_end]
+    seek = max(0.0, at(ranges[0][0]) - offset - 1.0)
+    args = ['-copyts', *(['-ss', f'{seek:.4f}'] if seek > 0 else []), '-i', ffpath(src)] if voiced else []
+    for v in videos: args += ['-i', ffpath(v)]
+    if voiced: args += ['-filter_complex', ';'.join(_audio_graph(ranges, at, voiced))]
+    for j, d in enumerate(dests):
+        args += ['-map', f'{j + bool(voiced)}:v', '-c:v', 'copy']
+        if j in voiced: args += ['-map', f'[oa{j}]', '-c:a', 'aac', '-b:a', '128k']
+        args += ['-map_metadata', '-1', '-f', 'mp4', ffpath(d)]
+    return args
+
+# %% ../nbs/03_scenes.ipynb #d628c37b
+def _round(x: float) -> int: return int(np.floor(x + 0.5))     # as ffmpeg rounds timestamps: half away from zero
+
+def _color_tags(frame) -> list:
+    "Input options that give raw frames `frame`'s colour primaries, transfer and matrix (where the source names them)."
+    tags = [('-color_primaries', frame.color_primaries), ('-color_trc', frame.color_trc), ('-colorspace', frame.colorspace)]
+    return [x for k, v in tags if v not in (None, 0, 2) for x in (k, int(v))]   # 0: reserved or RGB, 2: unspecified
+
+class ScenePipe:
+    "One scene's video: raw 4:2:0 frames piped into an x264 ffmpeg at `cfg.fps`, picked as ffmpeg's `fps` filter picks them."
+    def __init__(self, dest, start: float, size: tuple, pix_fmt: str, cfg: ScenesConfig, src, tags: tuple = (),
+                 timeout: float|None = None):
+        import fcntl, tempfile, threading
+        from talkface.media import _ffmpeg_cmd, ffmpeg_timeout
+        self.src, self.start, self.fps, self.size = src, start, cfg.fps, size
+        self.slot, self.last, self.err = 0, None, tempfile.TemporaryFile()
+        w, h = size
+        args = ['-f', 'rawvideo', '-pix_fmt', pix_fmt, '-s', f'{w}x{h}', '-r', cfg.fps, *tags, '-i', 'pipe:', '-an', '-c:v', 'libx264',
+                '-threads', 1, '-preset', cfg.preset, '-crf', cfg.crf, '-g', cfg.keyint, '-pix_fmt', 'yuv420p', '-f', 'mp4', ffpath(dest)]
+        self.proc = subprocess.Popen(_ffmpeg_cmd(args), stdin=subprocess.PIPE, stderr=self.err)
+        try: fcntl.fcntl(self.proc.stdin, 1031, 1 << 20)        # F_SETPIPE_SZ: room for a frame per write
+        except OSError: pass
+        self.limit, self.fired = ffmpeg_timeout(timeout), threading.Event()   # a hung encoder is stopped
+        self.timer = threading.Timer(self.limit, lambda: (self.fired.set(), self.proc.kill()))
+        self.timer.daemon = True; self.timer.start()
+
+    def add(self, t: float, planes: list):
+        "The next source frame (Y, U, V arrays), shown from `t` seconds."
+        if planes[0].shape != self.size[::-1]: raise BadInput(self.src, f'the frame size changes mid-video, at {t:.2f} s')
+        self._fill(_round((t - self.start) * self.fps))          # the slots before it show the frame before it
+        self.last = planes
+
+    def _fill(self, until: int):
+        while self.last is not None and self.slot < until:
+            try:
+                for p in self.last: self.proc.stdin.write(p)
+            except BrokenPipeError:
+                self.wait()                                      # raises the encoder's reason when it gave one
+                raise TalkfaceError(self.src, 'the scene encoder stopped reading its frames')
+            self.slot += 1
+
+    def close(self, end: float):
+        "End the scene at `end` seconds (the next scene's first frame); the encoder finishes on its own."
+        self._fill(max(_round((end - self.start) * self.fps), self.slot + 1))
+        self.proc.stdin.close()
+
+    def wait(self) -> int:
+        "Wait for the encoder; the frames it was given, or the reason it failed."
+        from talkface.media import _failure, _timed_out
+        try: self.proc.stdin.close()
+        except BrokenPipeError: pass
+        code = self.proc.wait()
+        self.timer.cancel()
+        if not self.err.closed: self.err.seek(0); self.stderr = self.err.read(); self.err.close()
+        if self.fired.is_set(): raise _timed_out(self.src, 'scene split', self.limit)
+        if code: raise _failure(code, self.stderr, self.src, 'scene split')
+        return self.slot
+
+    def kill(self):
+        "Stop the encoder (after a failure elsewhere)."
+        if self.proc.poll() is None: self.proc.kill()
+        try: self.wait()
+        except TalkfaceError: pass
+
+# %% ../nbs/03_scenes.ipynb #4a6bfcdc
+import collections
+
+class StreamSplit:
+    "The `sink` of `detect_cuts` that writes the scenes of `src` while the cuts are found; `finish` then adds the audio."
+    def __init__(self, src, dest_for, cfg: ScenesConfig, info, prefix: bool = False):
+        self.src, self.dest_for, self.cfg, self.info = Path(src), dest_for, cfg, info
+        self.prefix = prefix        # encode nothing before the first cut: a video without one is linked, not encoded
+        self.cuts, self.times, self.pending = set(), [], collections.deque()
+        self.streamed, self.outputs, self.temps = [], [], []   # (first frame, ScenePipe, video file); (tmp, dest); files
+        self.lag, self.first, self.scaler = 0, None, None
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        self.pool, self.jobs, self.closed, self.lock, self.draining = ThreadPoolExecutor(1), [], [], threading.Lock(), False
+
+    def start(self, lag: int): self.lag = lag + 1
+
+    def frame(self, i: int, t: float, frame, new_cuts: list):
+        "Frame `i` (time `t`) and the cuts the detector reported with it."
+        self.cuts.update(new_cuts); self.times.append(t); self.pending.append((i, t, frame))
+        while len(self.pending) > self.lag: self._commit(*self.pending.popleft())
+
+    @property
+    def written(self) -> bool: return bool(self.streamed or self.first)
+
+    def _tmp(self, dest) -> Path:
+        from talkface.core import _tmp_name
+        tmp = _tmp_name(Path(dest)); self.outputs.append((tmp, Path(dest)))
+        return tmp
+
+    def _planes(self, frame) -> tuple[list, str]:
+        "Y, U, V of `frame` as arrays cropped to even sizes and turned upright, and their raw pixel format."
+        fmt = frame.format.name
+        if fmt not in _PLANAR_420:
+            from av.video.reformatter import VideoReformatter
+            self.scaler = self.scaler or VideoReformatter()
+            frame, fmt = self.scaler.reformat(frame, format='yuv420p'), 'yuv420p'
+        w, h = frame.width // 2 * 2, frame.height // 2 * 2
+        ps = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:ph, :pw]
+              for p, (pw, ph) in zip(frame.planes, ((w, h), (w // 2, h // 2), (w // 2, h // 2)))]
+        k = int(round((frame.rotation or 0) / 90)) % 4
+        return [np.ascontiguousarray(np.rot90(p, k) if k else p) for p in ps], fmt
+
+    def _commit(self, i: int, t: float, frame):
+        "Frame `i` can no longer be moved by a late cut: send it to its scene's encoder."
+        new = i in self.cuts or (i == 0 and not self.prefix)
+        if not (new or self.streamed): return
+        planes, fmt = self._planes(frame)
+        if new:
+            if self.streamed: self._close_scene(i, t)
+            elif i > 0: self._first_scene(i)
+            from talkface.core import _tmp_name
+            video = _tmp_name(self.dest_for(len(self.streamed) + 1 + bool(self.first))).with_suffix('.video.mp4')
+            self.temps.append(video)
+            self.streamed.append((i, ScenePipe(video, t, planes[0].shape[::-1], fmt, self.cfg, self.src, _color_tags(frame),
+                                                    max(600, 20 * self.info.duration)), video))
+        self.streamed[-1][1].add(t, planes)
+
+    def _first_scene(self, cut: int):
+        "Scene 1 of a video that was to be linked whole: cut from the file in the background."
+        info, cuts = self.info, Cuts([cut], [], len(self.times), self.info.fps or 25, np.array(self.times), None)
+        args = split_command(self.src, cuts, [(0, cut)], [self._tmp(self.dest_for(1))], self.cfg, info.width, info.height,
+                             info.has_audio, self.audio_end, info.video_start)
+        self.first = self.pool.submit(run_ffmpeg, args, self.src, timeout=max(600, 20 * info.duration), what='scene split')
+
+    @property
+    def audio_end(self) -> float:
+        "When the sound ends, on the file's clock."
+        i = self.info
+        return i.audio_start + i.audio_duration if i.has_audio else 0.0
+
+    def _close_scene(self, end: int, t: float):
+        "The last streamed scene ends before frame `end` (at `t`): its audio is added in the background."
+        a, pipe, video = self.streamed[-1]
+        pipe.close(t)
+        with self.lock:
+            self.closed.append((len(self.streamed) + bool(self.first), a, end, pipe, video))
+            if not self.draining: self.draining = True; self.jobs.append(self.pool.submit(self._drain))
+
+    def _drain(self):
+        "Add the audio to the closed scenes, up to `cfg.group` per ffmpeg call, until none is left."
+        while True:
+            with self.lock:
+                batch, self.closed = self.closed[:self.cfg.group], self.closed[self.cfg.group:]
+                if not batch: self.draining = False; return
+            for *_, pipe, _ in batch: pipe.wait()
+            i = self.info
+            cuts = Cuts([], [], len(self.times), i.fps or 25, np.array(self.times), None)
+            dests = [self._tmp(self.dest_for(k)) for k, *_ in batch]
+            run_ffmpeg(audio_command(self.src, cuts, [(a, b) for _, a, b, _, _ in batch], [v for *_, v in batch], dests,
+                                     i.has_audio, self.audio_end, i.video_start), self.src, timeout=max(600, 20 * i.duration), what='scene audio')
+
+    def finish(self, cuts: Cuts) -> list[Path]:
+        "Close the last scene, wait for its audio, and put every scene in place; their paths."
+        self.cuts.update(cuts.cuts)
+        while self.pending: self._commit(*self.pending.popleft())
+        if not self.written: return []
+        ranges = cuts.ranges
+        if [a for a, _, _ in self.streamed] != [a for a, _ in ranges[len(ranges) - len(self.streamed):]]:
+            raise TalkfaceError(self.src, 'a cut was reported after its frame was encoded (raise min_scene_len)')
+        self._close_scene(cuts.n_frames, _clock(cuts)[0](cuts.n_frames))
+        self.pool.shutdown(wait=True)
+        for job in [self.first, *self.jobs]:
+            if job: job.result()                                 # raises what went wrong in the background
+        for tmp, dest in self.outputs: os.replace(tmp, dest)
+        self.outputs = []
+        return [self.dest_for(k + 1) for k in range(len(ranges))]
+
+    def __enter__(self): return self
+
+    def __exit__(self, *exc):
+        "Stop the encoders and remove every temporary file, whatever happened."
+        for _, pipe, _ in self.streamed: pipe.kill()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for p in self.temps + [t for t, _ in self.outputs]: Path(p).unlink(missing_ok=True)
 
 # %% ../nbs/03_scenes.ipynb #0efb7ffe
 def read_last(path) -> np.ndarray:
@@ -254,24 +465,20 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
         return ok([outdir / o for o in r['outputs']], **r['figures'], existing=True)
     info = probe(src)
     if not info.has_video: raise BadInput(src, 'no video stream', 'scenes need a video')
-    t0 = time.perf_counter()
-    cuts = detect_cuts(src, cfg)
-    t1 = time.perf_counter()
-    ranges = cuts.ranges
-    dests = [layout.path('scenes', scene_name(name, k + 1), '.mp4') for k in range(len(ranges))]
     outdir.mkdir(parents=True, exist_ok=True)
-    rotated = _rotation(src) != 0
-    how, silent = 'split', []
-    if len(ranges) == 1 and cfg.copy_uncut and src.suffix.lower() == '.mp4' and not rotated:
+    copyable = cfg.copy_uncut and src.suffix.lower() == '.mp4' and _rotation(src) == 0
+    t0 = time.perf_counter()
+    with StreamSplit(src, lambda k: layout.path('scenes', scene_name(name, k), '.mp4'), cfg, info, prefix=copyable) as sp:
+        cuts = detect_cuts(src, cfg, sink=sp)                # the scenes are encoded during the detection's decode
+        t1 = time.perf_counter()
+        dests = sp.finish(cuts)                              # then their audio is added
+    ranges, how, silent = cuts.ranges, 'split', []
+    if dests:
+        dt = 1 / (cuts.fps or 25)
+        silent = [k + 1 for k, (a, _) in enumerate(ranges) if info.video_start + cuts.times[a] + dt > sp.audio_end]
+    else:                                                    # an .mp4 without a cut
+        dests = [layout.path('scenes', scene_name(name, 1), '.mp4')]
         how = link_or_copy(src, dests[0])
-    else:
-        end = info.audio_start + info.audio_duration if info.has_audio else 0.0   # when the sound ends, on the file's clock
-        silent = [k + 1 for k, (a, _) in enumerate(ranges) if cuts.times[a] + 1 / (cuts.fps or 25) > end]   # audio ended before
-        for g in range(0, len(ranges), cfg.group):
-            rs, ds = ranges[g:g + cfg.group], dests[g:g + cfg.group]
-            with contextlib_multi([atomic_path(d) for d in ds]) as tmps:
-                run_ffmpeg(split_command(src, cuts, rs, tmps, cfg, info.width, info.height, info.has_audio, end), src,
-                           timeout=max(600, 20 * info.duration), what='scene split')
     figures = dict(n_scenes=len(ranges), cuts=cuts.cuts, cut_times=cuts.cut_times, n_frames=cuts.n_frames,
                    fps=round(cuts.fps, 4), duration=round(info.duration, 4), how=how,
                    scenes_without_audio=silent,
