@@ -159,3 +159,29 @@ def test_bad_inputs_fail_with_a_reason_and_the_batch_goes_on(sample, tmp_path):
     assert leftovers(tmp_path / 'out') == []
     assert '4 failed' in r.stdout and 'file is empty' in r.stdout
     m.close()
+
+
+@pytest.mark.parametrize('container', ['ts', 'mp4'])
+def test_streams_that_start_late_are_cut_at_the_same_frames(sample, truth, tmp_path, container):
+    "An MPEG-TS starts its clock at 1.4 s or more, and its remux to .mp4 starts the video a little after the audio."
+    ts = tmp_path / 'late.ts'
+    run_ffmpeg(['-i', ffpath(sample), '-c:v', 'libx264', '-preset', 'ultrafast', '-c:a', 'aac', '-f', 'mpegts',
+                '-output_ts_offset', '1.4', ffpath(ts)], sample)
+    src = ts
+    if container == 'mp4':
+        src = tmp_path / 'late.mp4'
+        run_ffmpeg(['-i', ffpath(ts), '-c', 'copy', ffpath(src)], ts)
+    assert probe(src).video_start > 0.01
+    r = scenes_clip(src, Layout(tmp_path / 'o'))
+    c, n, fps = truth['cut_frame'], truth['n_frames'], truth['fps']
+    assert r.figures['cuts'] == [c]
+    outs = [Path(o) for o in r.outputs]
+    for o, frames in zip(outs, (c, n - c)):
+        p = probe(o)
+        assert abs(p.n_frames - frames / fps * 25) <= 0.5 and abs(p.audio_duration * 25 - p.n_frames) <= 1
+    shots = {i: f.astype(int) for i, _, f in small_frames(sample, 160) if i in (c - 1, c)}
+    def d(img, ref):
+        import cv2
+        return np.abs(cv2.resize(img, (ref.shape[1], ref.shape[0]), interpolation=cv2.INTER_AREA).astype(int) - ref).mean()
+    last1, first2 = S.read_last(outs[0]), next(iter_frames(outs[1]))
+    assert d(last1, shots[c - 1]) < d(last1, shots[c]) / 3 and d(first2, shots[c]) < d(first2, shots[c - 1]) / 3
