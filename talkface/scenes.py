@@ -129,7 +129,7 @@ class ScenesConfig:
     preset: str = 'ultrafast'        # x264 preset of the split scenes (an intermediate; crf keeps the quality)
     crf: int = 18                    # x264 quality of the split scenes
     keyint: int = 25                 # a keyframe every N frames (1 s), so later stages sample keyframes only
-    group: int = 8                   # scenes written per ffmpeg process
+    group: int = 8                   # scenes per ffmpeg call that adds their audio
     copy_uncut: bool = True          # a video with no cut is linked/copied, not re-encoded
     overwrite: bool = False          # redo videos whose scenes exist
 

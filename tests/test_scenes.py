@@ -64,7 +64,7 @@ def test_sample_gives_two_25fps_clips_split_at_the_cut(sample, truth, split):
 
 
 def test_one_scene_per_ffmpeg_process_gives_the_same_clips(sample, split, tmp_path):
-    "group=1 seeks into the file for the second scene: the split must stay frame-exact."
+    "group=1 adds each scene's audio in an ffmpeg call of its own, which seeks into the file: the scenes must not change."
     _, res = split
     res1 = scenes_clip(sample, Layout(tmp_path), ScenesConfig(group=1))
     for a, b in zip(res.outputs, res1.outputs):
