@@ -184,6 +184,12 @@ def _clock(cuts: Cuts, offset: float = 0.0):
     def at(i): return offset + (float(t[i]) if i < n else float(t[-1]) + dt)
     return at, dt
 
+def _audio_input(src, ranges: list, at, dt: float, offset: float, has_audio: bool, audio_end: float) -> tuple[list, list]:
+    "The scenes whose audio covers their first frame, and the input arguments that open `src` a second before the first."
+    voiced = [j for j, (a, _) in enumerate(ranges) if has_audio and at(a) + dt <= audio_end]
+    seek = max(0.0, at(ranges[0][0]) - offset - 1.0)
+    return voiced, ['-copyts', *(['-ss', f'{seek:.4f}'] if seek > 0 else []), '-i', ffpath(src)]
+
 def _audio_graph(ranges: list, at, voiced: list) -> list:
     "Filter-graph parts that cut input 0's audio to each voiced scene's frame times, as [oaJ]."
     g = [f"[0:a]asplit={len(voiced)}" + ''.join(f'[a{j}]' for j in voiced)] if len(voiced) > 1 else []
@@ -201,10 +207,8 @@ def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig,
     at, dt = _clock(cuts, offset)
     n = cuts.n_frames
     def mid(i): return (at(i - 1) + at(i)) / 2
-    seek = max(0.0, at(ranges[0][0]) - offset - 1.0)
-    args = ['-copyts', *(['-ss', f'{seek:.4f}'] if seek > 0 else []), '-i', ffpath(src)]
+    voiced, args = _audio_input(src, ranges, at, dt, offset, has_audio, audio_end)
     k = len(ranges)
-    voiced = [j for j, (a, _) in enumerate(ranges) if has_audio and at(a) + dt <= audio_end]   # audio covers a frame
     g = [f"[0:v]split={k}" + ''.join(f'[v{j}]' for j in range(k))] if k > 1 else []
     for j, (a, b) in enumerate(ranges):
         vin = f'[v{j}]' if k > 1 else '[0:v]'
@@ -222,9 +226,8 @@ def audio_command(src, cuts: Cuts, ranges: list, videos: list, dests: list, has_
                   audio_end: float = float('inf'), offset: float = 0.0) -> list:
     "ffmpeg arguments that write `dests`: the video-only scene files `videos` (copied) with `src`'s audio of their `ranges`."
     at, dt = _clock(cuts, offset)
-    voiced = [j for j, (a, _) in enumerate(ranges) if has_audio and at(a) + dt <= audio_end]
-    seek = max(0.0, at(ranges[0][0]) - offset - 1.0)
-    args = ['-copyts', *(['-ss', f'{seek:.4f}'] if seek > 0 else []), '-i', ffpath(src)] if voiced else []
+    voiced, args = _audio_input(src, ranges, at, dt, offset, has_audio, audio_end)
+    args = args if voiced else []
     for v in videos: args += ['-i', ffpath(v)]
     if voiced: args += ['-filter_complex', ';'.join(_audio_graph(ranges, at, voiced))]
     for j, d in enumerate(dests):
@@ -335,10 +338,8 @@ class StreamSplit:
             self.scaler = self.scaler or VideoReformatter()
             frame, fmt = self.scaler.reformat(frame, format='yuv420p'), 'yuv420p'
         w, h = frame.width // 2 * 2, frame.height // 2 * 2
-        ps = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:ph, :pw]
-              for p, (pw, ph) in zip(frame.planes, ((w, h), (w // 2, h // 2), (w // 2, h // 2)))]
-        k = int(round((frame.rotation or 0) / 90)) % 4
-        return [np.ascontiguousarray(np.rot90(p, k) if k else p) for p in ps], fmt
+        return [np.ascontiguousarray(_rotate(_plane(p, pw, ph), frame.rotation))
+                for p, (pw, ph) in zip(frame.planes, ((w, h), (w // 2, h // 2), (w // 2, h // 2)))], fmt
 
     def _commit(self, i: int, t: float, frame):
         "Frame `i` can no longer be moved by a late cut: send it to its scene's encoder."
@@ -352,7 +353,7 @@ class StreamSplit:
             video = _tmp_name(self.dest_for(len(self.streamed) + 1 + bool(self.first))).with_suffix('.video.mp4')
             self.temps.append(video)
             self.streamed.append((i, ScenePipe(video, t, planes[0].shape[::-1], fmt, self.cfg, self.src, _color_tags(frame),
-                                                    max(600, 20 * self.info.duration)), video))
+                                                    self.limit), video))
         self.streamed[-1][1].add(t, planes)
 
     def _first_scene(self, cut: int):
@@ -360,7 +361,10 @@ class StreamSplit:
         info, cuts = self.info, Cuts([cut], [], len(self.times), self.info.fps or 25, np.array(self.times), None)
         args = split_command(self.src, cuts, [(0, cut)], [self._tmp(self.dest_for(1))], self.cfg, info.width, info.height,
                              info.has_audio, self.audio_end, info.video_start)
-        self.first = self.pool.submit(run_ffmpeg, args, self.src, timeout=max(600, 20 * info.duration), what='scene split')
+        self.first = self.pool.submit(run_ffmpeg, args, self.src, timeout=self.limit, what='scene split')
+
+    @property
+    def limit(self) -> float: return max(600, 20 * self.info.duration)   # seconds any one ffmpeg of the split may take
 
     @property
     def audio_end(self) -> float:
@@ -387,7 +391,7 @@ class StreamSplit:
             cuts = Cuts([], [], len(self.times), i.fps or 25, np.array(self.times), None)
             dests = [self._tmp(self.dest_for(k)) for k, *_ in batch]
             run_ffmpeg(audio_command(self.src, cuts, [(a, b) for _, a, b, _, _ in batch], [v for *_, v in batch], dests,
-                                     i.has_audio, self.audio_end, i.video_start), self.src, timeout=max(600, 20 * i.duration), what='scene audio')
+                                     i.has_audio, self.audio_end, i.video_start), self.src, timeout=self.limit, what='scene audio')
 
     def finish(self, cuts: Cuts) -> list[Path]:
         "Close the last scene, wait for its audio, and put every scene in place; their paths."
