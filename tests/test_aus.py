@@ -50,9 +50,9 @@ def test_blink_hysteresis():
 
 def test_sample_mouth_and_blinks():
     from talkface.sample import demo_sample, load_truth
-    from talkface.landmarks import track_landmarks, iter_video_frames
+    from talkface.landmarks import track_landmarks, tracker_frames
     s = demo_sample(); t = load_truth(s); cut = t['cut_frame']
-    tr = track_landmarks(iter_video_frames(s))
+    tr = track_landmarks(tracker_frames(s))
     df, rec = geometry_table(tr.pts[:cut], tr.valid[:cut], fps=t['fps'])
     for k in ('AU25_r', 'AU26_r'): assert np.corrcoef(df[k], t['mouth_open'][:cut])[0, 1] >= 0.8
     truth = np.split(t['blink_frames'], np.flatnonzero(np.diff(t['blink_frames']) > 1) + 1)

@@ -47,9 +47,9 @@ def test_no_wrap_around():
 
 def test_ground_truth_sample_roll():
     from talkface.sample import demo_sample, load_truth
-    from talkface.landmarks import track_landmarks, iter_video_frames
+    from talkface.landmarks import track_landmarks, tracker_frames
     s = demo_sample(); t = load_truth(s); cut = t['cut_frame']
-    tr = track_landmarks(iter_video_frames(s))
+    tr = track_landmarks(tracker_frames(s))
     pose = head_pose(tr.pts, t['width'], t['height'])
     assert np.abs(pose[:cut, 2] - t['roll'][:cut]).mean() < 2
     assert np.corrcoef(pose[:cut, 2], t['roll'][:cut])[0, 1] > 0.9
