@@ -457,7 +457,7 @@ def rebuild_clip(row: dict, sources, layout: Layout) -> StageResult:
     box = dict(clip=clip, source=str(raw), x=x1, y=y1, side=x2 - x1, out_size=int(row['crop_size']), filter=row['crop_filter'],
                width=int(row['source_width']), height=int(row['source_height']), rebuilt_from=str(src))
     write_json(layout.path('cropped', clip, '.json'), box)
-    return convert_clip(clip, layout, ConvertConfig(overwrite=True), src=raw, box=box)
+    return convert_clip(clip, layout, ConvertConfig(), src=raw, box=box)
 
 def rebuild(metadata, sources, output) -> dict[str, StageResult]:
     "Rebuild every clip of release `metadata` (a metadata.parquet or its folder) from the videos in `sources` into the root `output`; also write its `speakers.csv` and `splits.csv`."
