@@ -28,6 +28,7 @@ def parse_bool(v) -> bool:
     if s in ('0', 'false', 'no', 'n', 'off'): return False
     raise argparse.ArgumentTypeError(f'expected true or false, got {v!r}')
 
+# %% ../nbs/14_cli.ipynb #7fedb06d
 def comma_list(v) -> tuple:
     "A comma-separated list as a tuple."
     return tuple(x.strip() for x in str(v).split(',') if x.strip())
@@ -52,6 +53,7 @@ def with_default(text: str, default) -> str:
     "A help text with its default said."
     return text + (f' (default {default})' if default not in (None, '', ()) else '')
 
+# %% ../nbs/14_cli.ipynb #15023a4a
 def add_setting(p, names: list, default, help: str, dest: str, choices=None):
     "One flag for a setting: a bool takes an optional true/false, a tuple a comma-separated list, anything else its default's type."
     kw = dict(dest=dest, default=None, help=help)
@@ -91,6 +93,7 @@ def split_aliases(flags: dict) -> tuple[dict, list]:
         else: rich.append((flag, target if isinstance(target, tuple) else (target,)))
     return plain, rich
 
+# %% ../nbs/14_cli.ipynb #9fe15333
 class AliasAction(argparse.Action):
     "A flag whose value (or presence) goes to several targets, applied after parsing."
     def __call__(self, parser, ns, values, option_string=None): ns.aliases.append((self.const, values))
@@ -100,6 +103,7 @@ def new_parser(prog: str, description: str = '') -> argparse.ArgumentParser:
     "The parser of one `talkface` command (no abbreviated flags: a stage has many, and old names must stay unambiguous)."
     return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
 
+# %% ../nbs/14_cli.ipynb #70305dbb
 def folder_flags(p, stage: Stage, plain: dict):
     "`--input`, `--output` and one flag per folder the stage reads or writes, each with its original names."
     g = p.add_argument_group('folders')
@@ -183,6 +187,7 @@ def summary(name: str, results: dict, root) -> str:
     lines += [f'  {clip}: {stage}: {res.status}: {res.reason}' for (clip, stage), (res, _) in sorted(results.items()) if not res.ok]
     return '\n'.join(lines)
 
+# %% ../nbs/14_cli.ipynb #6d08f6cd
 def exit_code(results: dict) -> int:
     "The one exit rule: 0 when every clip is ok or skipped, 1 when any failed."
     return int(any(res.status == 'failed' for res, _ in results.values()))
@@ -193,6 +198,7 @@ def refused(cmd: str, e: BaseException) -> int:
     print(f'talkface {cmd}: {e}', file=sys.stderr)
     return 2
 
+# %% ../nbs/14_cli.ipynb #5f15c6a2
 def stopped(cmd: str, e: BaseException, root='') -> int:
     "A run that had to stop (no room, another run on the root): say why on stderr; exit status 1."
     if isinstance(e, sqlite3.Error): e = f'{Path(root) / "manifest.sqlite"}: cannot update the manifest ({e}); finished outputs are kept, rerun to resume'
@@ -289,6 +295,7 @@ def status(root: str,               # the output root of a run
     except TalkfaceError as e: return refused('status', e)
     return 0
 
+# %% ../nbs/14_cli.ipynb #76df4ad1
 def report(root: str):              # the output root of a run
     "Write report.html (self-contained) and report.md for an output root."
     from talkface.report import write_report
@@ -308,6 +315,7 @@ def stage_notebook(name: str) -> Path:
     if not p.exists(): raise TalkfaceError(p, 'stage notebook not found', 'batch runs need a source checkout of talkface')
     return p
 
+# %% ../nbs/14_cli.ipynb #5bc992a6
 def run_batch(name: str, input_dir, output_dir, params: dict|None = None, log_dir=None) -> Path:
     "Execute stage `name`'s notebook with papermill over `input_dir` -> `output_dir`; return the executed notebook."
     import papermill as pm
@@ -372,6 +380,7 @@ COMMANDS = {  # name: (what runs it, help)
     'report': (lambda argv: call(report, 'talkface report', argv), 'write the QC report of an output root'),
 }
 
+# %% ../nbs/14_cli.ipynb #9dc3318e
 def usage() -> str:
     "The top-level help text: the commands, then the stages in run order."
     lines = ['usage: talkface <command> [options]', '', 'Turn raw videos of people talking into a talking-face dataset.', '', 'commands:']

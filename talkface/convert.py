@@ -95,6 +95,7 @@ def fit_wav(path, n_frames: int, cfg: ConvertConfig = ConvertConfig()) -> tuple[
     sf.write(str(path), x, sr, subtype='PCM_16', format='WAV')
     return want, pad
 
+# %% ../nbs/06_convert.ipynb #fbf553bf
 def audio_offset_frames(n_frames: int, audio_duration: float, src, cfg: ConvertConfig = ConvertConfig()) -> int:
     "`n_frames` minus the audio's length in frames, round(fps × audio_duration); `BadInput` beyond the tolerance."
     audio_frames = int(round(cfg.fps * audio_duration))
@@ -113,6 +114,7 @@ def convert_outputs(clip: str, layout: Layout, cfg: ConvertConfig) -> dict:
 def _rotated_match(box: dict, info) -> bool:
     return (box.get('width'), box.get('height')) == (info.height, info.width)   # a rotated phone video: boxes are upright
 
+# %% ../nbs/06_convert.ipynb #ac00c5e8
 def check_input(src, info, box: dict|None, cfg: ConvertConfig):
     "Raise when `src` can't be converted with `cfg`: no video, no audio where audio is asked for, a box made for another size."
     if not info.has_video: raise BadInput(src, 'no video stream')
@@ -121,6 +123,7 @@ def check_input(src, info, box: dict|None, cfg: ConvertConfig):
         raise TalkfaceError(src, f"the crop box was made for a {box.get('width')}x{box.get('height')} video, this one is {info.width}x{info.height}",
                             'run talkface crop again')
 
+# %% ../nbs/06_convert.ipynb #87079a30
 def cut_point(src, info, cfg: ConvertConfig) -> tuple[float|None, float]:
     "Where every output ends (s on the video's clock; None: where the streams do), and where the sound ends."
     audio_end = info.audio_duration + (info.audio_start - info.video_start)   # a late start counts (it is padded with silence)
@@ -212,6 +215,7 @@ def prepare_convert(cfg: ConvertConfig, run):
     "Before a `talkface run`: no PNG frames when the run asks for none (`--frames none`)."
     if run.frames == 'none': cfg.extract_frames = False
 
+# %% ../nbs/06_convert.ipynb #d4a04c53
 def expect_convert(clip: str, layout: Layout, cfg: ConvertConfig) -> list[Path]:
     "The outputs the skip-existing rule checks: those `cfg` asks for."
     return list(convert_outputs(clip, layout, cfg).values())

@@ -75,6 +75,7 @@ class Square:
 # %% ../nbs/05_crop.ipynb #06587d0e
 def _even(v: float) -> int: return int(np.floor(v / 2)) * 2
 
+# %% ../nbs/05_crop.ipynb #8bebef73
 def _place(c: float, side: int, full: int) -> int:
     "Top-left coordinate of a `side` span centred at `c`, shifted inside [0, full) or, when larger, covering it."
     x = _even(c - side / 2)
@@ -232,6 +233,7 @@ def prepare_crop(cfg: CropConfig, run):
     "Before a `talkface run`: write only the box when convert runs too (it crops in its own pass)."
     if 'convert' in run.stage_list: cfg.encode = False
 
+# %% ../nbs/05_crop.ipynb #5e4e3756
 def expect_crop(clip: str, layout: Layout, cfg: CropConfig) -> list[Path]:
     "The crop outputs the skip-existing rule checks."
     return crop_outputs(clip, layout, cfg)

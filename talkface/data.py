@@ -120,19 +120,11 @@ def open_file(f):
 
 # %% ../nbs/13a_data.ipynb #f4f3d028
 def decode_window(f, start: int, T: int, fps: int = 25) -> np.ndarray:
-    "Frames `start .. start+T-1` of a 25 fps video (path or member) as (T, H, W, 3) RGB: a seek to the keyframe before, then decode."
-    import av
-    out = []
-    with open_file(f) as fh, av.open(fh) as c:
-        v = c.streams.video[0]
-        tb, t0 = v.time_base, v.start_time or 0
-        if start: c.seek(t0 + int(start / fps / tb), stream=v, backward=True)
-        for fr in c.decode(v):
-            if int(round(float((fr.pts - t0) * tb) * fps)) < start: continue
-            out.append(fr.to_ndarray(format='rgb24'))
-            if len(out) == T: break
-    if len(out) < T: raise BadInput(f if not isinstance(f, (tuple, list)) else f[0], f'no frames {start}..{start + T - 1} in this video')
-    return np.stack(out)
+    "Frames `start .. start+T-1` of a 25 fps video (path or member) as (T, H, W, 3) RGB: `media.FrameReader` seeks to the keyframe before, then decodes."
+    from talkface.media import FrameReader
+    with open_file(f) as fh, FrameReader(fh, fps) as r:
+        try: return np.stack([r[i][..., ::-1] for i in range(start, start + T)])
+        except (BadInput, IndexError): raise BadInput(f if not isinstance(f, (tuple, list)) else f[0], f'no frames {start}..{start + T - 1} in this video')
 
 def png_window(folder, start: int, T: int) -> np.ndarray:
     "Frames `start .. start+T-1` of a PNG folder (`000001.png` is frame 0) as (T, H, W, 3) RGB."

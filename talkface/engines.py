@@ -33,6 +33,7 @@ def _worker_logging(root):
     log.setLevel(logging.DEBUG)
     log.propagate = False
 
+# %% ../nbs/11a_engines.ipynb #0844637a
 def execute(task: Task, layout: Layout, run, stage: Stage) -> StageResult:
     "Run one task in the current process with `run`'s settings for `stage` (what every engine's workers call)."
     _worker_logging(layout.root)
@@ -49,6 +50,7 @@ def _share_cores(threads: int):
     import cv2
     cv2.setNumThreads(threads)
 
+# %% ../nbs/11a_engines.ipynb #46a87739
 def _init_worker(threads: int):
     import signal
     _share_cores(threads)
@@ -104,6 +106,7 @@ def _execute_on_one_core(task: Task, layout: Layout, run, stage: Stage) -> Stage
     _share_cores(1)
     return execute(task, layout, run, stage)
 
+# %% ../nbs/11a_engines.ipynb #c76e98e6
 class RayEngine:
     "The same tasks as Ray tasks; GPU stages ask for `num_gpus=1` when the run uses CUDA."
     def __init__(self, workers: int = 0, address: str = '', use_gpu: bool = False):

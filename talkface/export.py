@@ -302,9 +302,9 @@ SCORE_OF = {'min_size': 'size_kb', 'max_faces': 'faces_max'}   # a filter settin
 def thresholds(df) -> list[tuple[str, str, str]]:
     "(filter setting, talkface default, the lowest (min_) or highest (max_) score among the kept clips)."
     from dataclasses import fields
-    from talkface.filters import FilterConfig
+    from talkface.core import load_stages
     out = []
-    for f in fields(FilterConfig):
+    for f in fields(load_stages()['filter'].config):     # the filter stage's settings, as it declares them
         if not f.name.startswith(('min_', 'max_')) or f.name == 'max_samples': continue
         col = 'filter.' + SCORE_OF.get(f.name, f.name[4:])
         seen = df[col].dropna().astype(float) if col in df.columns else []
@@ -446,7 +446,8 @@ def find_source(sources: Path, row: dict) -> Path:
 # %% ../nbs/13_export.ipynb #43882dc9
 def rebuild_clip(row: dict, sources, layout: Layout) -> StageResult:
     "Cut one clip of release metadata from its source, then crop and convert it with the convert stage; its convert result."
-    from talkface.convert import ConvertConfig, convert_clip
+    from talkface.core import load_stages
+    convert = load_stages()['convert']                     # the convert stage, as it declares itself
     clip, src = row['clip'], find_source(sources, row)
     if row.get('crop_filter') is None: raise BadInput(clip, 'the metadata has no crop box for this clip')
     raw = layout.path('raw', clip, '.mp4')
@@ -457,7 +458,7 @@ def rebuild_clip(row: dict, sources, layout: Layout) -> StageResult:
     box = dict(clip=clip, source=str(raw), x=x1, y=y1, side=x2 - x1, out_size=int(row['crop_size']), filter=row['crop_filter'],
                width=int(row['source_width']), height=int(row['source_height']), rebuilt_from=str(src))
     write_json(layout.path('cropped', clip, '.json'), box)
-    return convert_clip(clip, layout, ConvertConfig(), src=raw, box=box)
+    return convert.func(clip, layout, convert.config(), src=raw, box=box)
 
 def rebuild(metadata, sources, output) -> dict[str, StageResult]:
     "Rebuild every clip of release `metadata` (a metadata.parquet or its folder) from the videos in `sources` into the root `output`; also write its `speakers.csv` and `splits.csv`."

@@ -32,6 +32,7 @@ def cuda_available() -> bool:
     import torch
     return torch.cuda.is_available()
 
+# %% ../nbs/02a_faces.ipynb #27fcb877
 @functools.lru_cache(maxsize=None)
 def resolve_device(device: str = 'auto') -> str:
     "The device a model runs on: 'auto' is CUDA when available, else the CPU; CUDA asked for but absent falls back to the CPU with a warning."
@@ -81,6 +82,7 @@ def anchors(h: int, w: int) -> np.ndarray:
         out.append(np.concatenate(cell, 2).reshape(-1, 4))
     return np.concatenate(out).astype(np.float32)
 
+# %% ../nbs/02a_faces.ipynb #0762c0cd
 def decode_boxes(loc: np.ndarray, prior: np.ndarray, w: int, h: int) -> np.ndarray:
     "Corner boxes in pixels from FaceBoxes' offsets (variances 0.1 and 0.2)."
     c = prior[:, :2] + loc[:, :2] * 0.1 * prior[:, 2:]
@@ -134,6 +136,7 @@ def _detector(name: str, device: str, options: tuple) -> FaceDetector:
     if name == 'faceboxes': return FaceBoxes(device, **dict(options))
     raise ValueError(f"unknown face detector '{name}' (available: faceboxes)")
 
+# %% ../nbs/02a_faces.ipynb #90d8fce6
 def get_detector(name: str = 'faceboxes', device: str = 'cpu', **kw) -> FaceDetector:
     "The detector `name`, loaded once per process (however the arguments are spelled)."
     return _detector(name, resolve_device(device), tuple(sorted(kw.items())))
@@ -143,11 +146,13 @@ def box_area(b) -> float:
     "Area of an x1, y1, x2, y2 box."
     return max(0.0, float(b[2] - b[0])) * max(0.0, float(b[3] - b[1]))
 
+# %% ../nbs/02a_faces.ipynb #da45e39a
 def largest(boxes: np.ndarray) -> np.ndarray|None:
     "The largest box of (N, 5) boxes, or None."
     if boxes is None or len(boxes) == 0: return None
     return boxes[int(np.argmax([box_area(b) for b in boxes]))]
 
+# %% ../nbs/02a_faces.ipynb #267862cd
 def iou(a, b) -> float:
     "Intersection over union of two x1, y1, x2, y2 boxes."
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -174,6 +179,7 @@ class HandDetector(Protocol):
     "Finds hands: `hands(frame_bgr) -> [score, ...]`, the confidence of each hand found."
     def hands(self, frame: np.ndarray) -> list[float]: ...
 
+# %% ../nbs/02a_faces.ipynb #2f4759e6
 class MediaPipeHands:
     "MediaPipe's hand landmarker (a `.task` model file), on BGR frames."
     def __init__(self, model, num_hands: int = 2):
@@ -194,6 +200,7 @@ HAND_MODEL = 'hand_landmarker.task'   # in weights/
 @functools.lru_cache(maxsize=None)
 def _hands(path: str) -> HandDetector: return MediaPipeHands(path)
 
+# %% ../nbs/02a_faces.ipynb #7f8e365c
 def get_hand_detector(model: str = HAND_MODEL) -> HandDetector:
     "The MediaPipe hand detector for `model` (a path, or a name in weights/), loaded once per process; `MissingWeights` saying what is missing."
     import importlib.util
@@ -203,6 +210,7 @@ def get_hand_detector(model: str = HAND_MODEL) -> HandDetector:
     if not p.is_file(): raise MissingWeights(p, 'is missing (the MediaPipe hand landmarker model)', 'see weights/README.md')
     return _hands(str(p))
 
+# %% ../nbs/02a_faces.ipynb #d5484b17
 def has_hand(detector: HandDetector, frame: np.ndarray, min_score: float = 0.5) -> bool:
     "True when `detector` finds a hand in `frame` with a score above `min_score`."
     return any(s > min_score for s in detector.hands(frame))

@@ -43,6 +43,7 @@ def laplacian_var(gray: np.ndarray) -> float:
     import cv2
     return float(cv2.Laplacian(gray, cv2.CV_64F).var()) if gray.size else 0.0
 
+# %% ../nbs/04_filters.ipynb #fbfc86c7
 def blur_region(bgr: np.ndarray, box=None) -> np.ndarray:
     "The gray region blur is measured on: the face `box`, or the centre half of the frame."
     import cv2
@@ -52,6 +53,7 @@ def blur_region(bgr: np.ndarray, box=None) -> np.ndarray:
     x1, y1, x2, y2 = [int(round(v)) for v in box[:4]]
     return g[max(0, y1):min(H, y2), max(0, x1):min(W, x2)]
 
+# %% ../nbs/04_filters.ipynb #0e916089
 def sample_step(n_frames: int, fps: float, every: float = 1.0, max_samples: int = 30) -> int:
     "Frame step that samples about one frame per `every` seconds, at most `max_samples` frames."
     step = max(1, int(round((fps or 25) * every)))

@@ -38,6 +38,7 @@ def face_scale(pts) -> np.ndarray:
 FB_FROM_LM = (0.0, -0.385, 2.58, 3.60)   # FaceBoxesV2 box: centre dx, dy from the centroid; width, height
 DLIB_FROM_LM = (0.0, -0.085, 2.99)       # dlib's HOG-detector square (what the shape predictor was trained on)
 
+# %% ../nbs/07_landmarks.ipynb #f3c20cb8
 def box_from_landmarks(pts) -> np.ndarray:
     "The FaceBoxesV2-style box x1, y1, x2, y2 that frames these 68 landmarks."
     pts = np.asarray(pts, np.float64)
@@ -46,6 +47,7 @@ def box_from_landmarks(pts) -> np.ndarray:
     cx, cy = cx + dx * s, cy + dy * s
     return np.array([cx - w * s / 2, cy - h * s / 2, cx + w * s / 2, cy + h * s / 2], np.float32)
 
+# %% ../nbs/07_landmarks.ipynb #4d3ee5d5
 def dlib_square(box) -> tuple[int, int, int, int]:
     "The square dlib's shape predictor expects for a FaceBoxesV2 box."
     x1, y1, x2, y2 = [float(v) for v in box[:4]]
@@ -64,6 +66,7 @@ class Landmarker(Protocol):
     def fit(self, frame: np.ndarray, box) -> np.ndarray: ...
     def refit(self, frame: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, float]: ...
 
+# %% ../nbs/07_landmarks.ipynb #ed2f9733
 class RefitMixin:
     "Fit quality shared by the backends."
     def refit(self, frame, pts):
@@ -149,6 +152,7 @@ def get_landmarker(backend: str = 'dlib', weights=None, device: str = 'cpu') -> 
     if backend not in BACKENDS: raise ValueError(f"unknown landmark backend '{backend}' (available: {', '.join(BACKENDS)})")
     return _load_landmarker(backend, str(weights) if weights else None, 'cpu' if backend == 'dlib' else resolve_device(device))
 
+# %% ../nbs/07_landmarks.ipynb #5f7ebf66
 @functools.lru_cache(maxsize=None)
 def _load_landmarker(backend: str, weights: str|None, device: str) -> Landmarker:
     return DlibLandmarker(weights) if backend == 'dlib' else PipnetLandmarker(weights, device)
@@ -159,6 +163,7 @@ def count_frames(src) -> int:
     src = Path(src)
     return len(frame_files(src)) if src.is_dir() else probe(src).n_frames
 
+# %% ../nbs/07_landmarks.ipynb #d768d299
 def tracker_frames(src, color: bool = False, threads: int = 0) -> Iterator[Frame]:
     "The frames the tracker reads from `src` (a frames folder or a video): gray (luma, no deblocking), or BGR with `color`."
     return frames(src, gray=not color, fast=True, threads=threads)
@@ -192,6 +197,7 @@ def appearance(frame, pts) -> np.ndarray:
     v = frame[ys, xs]
     return (v.mean(-1) if v.ndim == 2 else v).astype(np.float32)
 
+# %% ../nbs/07_landmarks.ipynb #52058071
 def _ncc(a, b) -> float:
     if a is None or b is None: return 0.0
     a, b = a - a.mean(), b - b.mean()
@@ -199,6 +205,7 @@ def _ncc(a, b) -> float:
     if na < 2 * np.sqrt(len(a)) or nb < 1e-6: return 0.0   # flat: std under 2 gray levels
     return float((a * b).sum() / (na * nb))
 
+# %% ../nbs/07_landmarks.ipynb #7be8fdfe
 def is_black(frame, level: float = 24) -> bool:
     "True when a frame is (nearly) all dark."
     return float(frame.mean()) < level and float(frame.std()) < 8
@@ -329,6 +336,7 @@ def format_landmarks(names, pts) -> str:
     "The original text format: `000001.png x_y x_y ... \\n` per frame, integer coordinates."
     return ''.join(name + ' ' + ''.join(f'{int(x)}_{int(y)} ' for x, y in p) + '\n' for name, p in zip(names, np.asarray(pts)))
 
+# %% ../nbs/07_landmarks.ipynb #a724b4e9
 def read_landmarks_txt(path) -> tuple[list, np.ndarray]:
     "Names and (T, 68, 2) float32 points from an original-format landmark text file."
     p = Path(path)
@@ -352,6 +360,7 @@ def save_landmarks(out_dir, clip: str, names, pts, valid, record: dict) -> list[
             write_json(d / f'{clip}.json', record), write_text(d / f'{clip}.txt', format_landmarks(names, pts))]
     return [outs[-1], *outs[:-1]]
 
+# %% ../nbs/07_landmarks.ipynb #19226cdd
 def load_landmarks(out_dir, clip: str) -> tuple[list, np.ndarray, np.ndarray]:
     "(names, (T,68,2) float32, (T,) valid) of a clip from `out_dir`: the .npy when present, else the .txt."
     d = Path(out_dir)
@@ -430,6 +439,7 @@ def _key(src, cfg):
     except OSError: m = 0
     return (str(p.resolve()), m, cfg.backend, cfg.weights)
 
+# %% ../nbs/07_landmarks.ipynb #67bfeeab
 def _remember(src, cfg, value: Landmarks):
     _CACHE.clear()                      # one clip at a time is enough: stages run clip by clip
     _CACHE[_key(src, cfg)] = value
@@ -454,6 +464,7 @@ def use_video_source(cfg, run):
     conv = run.stage_configs.get('convert')
     if run.frames == 'none' or ('convert' in run.stage_list and conv is not None and conv.convert_video): cfg.source = 'video'
 
+# %% ../nbs/07_landmarks.ipynb #ff33b5b6
 def check_landmarker(cfg: LandmarksConfig):
     "Before any clip: load the landmarker once, so a missing weight file is said once, not per clip."
     get_landmarker(cfg.backend, cfg.weights, cfg.device)
@@ -470,10 +481,12 @@ def iter_source(src, color: bool = False, fast: bool = True, ahead: int|None = N
     "(name, image) pairs of `media.frames(src)`: gray, or BGR with `color`."
     return ((f.name, f.image) for f in frames(src, gray=not color, fast=fast, ahead=ahead, threads=threads))
 
+# %% ../nbs/07_landmarks.ipynb #a0f2a6aa
 def iter_video_frames(path, color: bool = False, fast: bool = True, threads: int = 0):
     "(name, image) pairs of a video's frames."
     return iter_source(path, color, fast, 0, threads)
 
+# %% ../nbs/07_landmarks.ipynb #e43e7032
 def default_root(path) -> Path:
     "The output root for a stage folder: above `specified_formats/` when present, else the folder's parent."
     p = Path(path).expanduser().resolve()
@@ -486,12 +499,14 @@ def cli_layout(**dirs) -> Layout:
     "A Layout whose named folders are the given (absolute) paths."
     return Layout(Path('/'), **{k: str(Path(v).expanduser().resolve()) for k, v in dirs.items() if v})
 
+# %% ../nbs/07_landmarks.ipynb #d26febf6
 def frame_clips(from_dir) -> dict:
     "`{clip: folder}` for each sub-folder of a frames root, sorted."
     d = Path(from_dir)
     if not d.is_dir(): raise BadInput(d, 'frames folder does not exist')
     return {p.name: p for p in sorted(d.iterdir()) if p.is_dir() and not p.name.startswith('.')}
 
+# %% ../nbs/07_landmarks.ipynb #539b1f10
 def run_cli(stage: str, clips: dict, fn, root, verbose: bool = False) -> int:
     "Run `fn(clip, path)` over clips with a manifest under `root`; print a summary; 0 when the batch ran."
     from talkface.core import Manifest, run_each, setup_logging

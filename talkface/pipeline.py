@@ -45,6 +45,7 @@ def stage_config(run: RunConfig, stage: Stage):
     if stage.name not in run.stage_configs: run.stage_configs[stage.name] = stage.config()
     return run.stage_configs[stage.name]
 
+# %% ../nbs/11_pipeline.ipynb #36ec715e
 def coerce(value, like):
     "`value` (a string from a flag or a config file) as the type of `like`: bool, int, float, or a comma-separated tuple."
     if not isinstance(value, str) or isinstance(like, str) or like is None: return value
@@ -71,6 +72,7 @@ def apply_settings(run: RunConfig, settings: dict, registry: dict|None = None) -
         else: raise TalkfaceError('config', f"unknown setting '{k}'")
     return run
 
+# %% ../nbs/11_pipeline.ipynb #d69a61b7
 def load_config(path) -> dict:
     "Read a YAML (or JSON) config file."
     import yaml
@@ -91,6 +93,7 @@ def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
         if s.prepare: notes += s.prepare(c, run) or []
     return notes
 
+# %% ../nbs/11_pipeline.ipynb #b1f4c089
 def check(run: RunConfig, stages: list[Stage]):
     "Each stage's `check` on its settings: raises before any clip runs when they cannot work."
     for s in stages:
@@ -105,6 +108,7 @@ def effective_after(stage: Stage, names, registry: dict) -> set[str]:
         elif a in registry: out |= effective_after(registry[a], names, registry)
     return out
 
+# %% ../nbs/11_pipeline.ipynb #3f747da6
 def plan(names: list[str], registry: dict|None = None) -> tuple[list[Stage], dict]:
     "The stages `names` in run order, and `{stage: the selected stages it waits for}`."
     reg = load_stages() if registry is None else registry
@@ -151,6 +155,7 @@ def duration(path) -> float:
     try: return probe(path).duration
     except TalkfaceError: return 0.0
 
+# %% ../nbs/11_pipeline.ipynb #a8104aed
 def place_inputs(run: RunConfig, roots: list[Stage], layout: Layout) -> dict[str, Path]:
     "The clips of `run.input`, put where the run's first stages read them."
     inputs = discover(run.input, roots[0].takes)
@@ -262,12 +267,14 @@ def _check_aus(cfg):
     "An OpenFace backend without its binary: say so before any clip."
     if cfg.backend == 'openface': aus.find_openface(cfg.openface_bin)
 
+# %% ../nbs/11_pipeline.ipynb #79161c1c
 def _prepare_audio(cfg, run) -> list[str]:
     "MFCC and VAD, plus HuBERT and Whisper when their weights are present; the notes for those that are not."
     avail = audio.available_features(cfg)
     cfg.features = tuple(dict.fromkeys([*cfg.features, *[f for f in ('hubert', 'whisper') if not avail.get(f)]]))
     return [f"audio: {f} skipped, no weights at {avail[f].split(': ')[0]} (see weights/README.md)" for f in ('hubert', 'whisper') if avail.get(f)]
 
+# %% ../nbs/11_pipeline.ipynb #f2991c0c
 def _expect_audio(clip, layout, cfg) -> list:
     "The feature files `cfg` asks for."
     feats = cfg.features.split(',') if isinstance(cfg.features, str) else cfg.features

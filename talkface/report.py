@@ -27,6 +27,7 @@ def figure_values(df, name: str) -> np.ndarray:
     v = v[v.map(lambda x: isinstance(x, (int, float, np.number)) and not isinstance(x, bool))]
     return v.astype(float).to_numpy()
 
+# %% ../nbs/12_report.ipynb #8d051de2
 def read_aus(lay: Layout):
     "Every clip's AU table, one DataFrame with a `clip` column (None when there is none)."
     import pandas as pd
@@ -72,6 +73,7 @@ def png_bytes(fig) -> bytes:
     plt.close(fig)
     return buf.getvalue()
 
+# %% ../nbs/12_report.ipynb #02e97089
 def histogram(values, title, xlabel, bins=20) -> bytes:
     "A histogram of per-clip values, or 'no data'."
     import matplotlib.pyplot as plt
@@ -92,6 +94,7 @@ def pose_figure(pose: np.ndarray) -> bytes:
     axs[0].set_ylabel('frames')
     return png_bytes(fig)
 
+# %% ../nbs/12_report.ipynb #d7566ed6
 def au_figure(aus) -> bytes:
     "Mean intensity of each AU over every frame."
     import matplotlib.pyplot as plt
@@ -109,6 +112,7 @@ def clip_frame(lay: Layout, clip: str, i: int):
     src = folder if (folder / f'{i + 1:06d}.png').exists() else vid if vid.exists() else None
     return None if src is None else FrameReader(src)[i]
 
+# %% ../nbs/12_report.ipynb #203cb74b
 def landmark_grid(root, clips: list[str], n: int = 8) -> bytes:
     "A grid of middle frames with their landmarks, one per clip."
     import matplotlib.pyplot as plt
@@ -129,11 +133,13 @@ def md_table(header, rows) -> list[str]:
     "A markdown table's lines."
     return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
 
+# %% ../nbs/12_report.ipynb #0fc265eb
 def cut_line(n: int, lost: str) -> str:
     "The sentence on clips convert cut where one stream stopped early."
     first, then = ('sound', 'picture') if lost == 'video' else ('picture', 'sound')
     return f"Convert cut {n} {'clip' if n == 1 else 'clips'} where the {first} stopped before the {then}, to keep them aligned."
 
+# %% ../nbs/12_report.ipynb #103820df
 def stage_counts(g: dict) -> list[tuple]:
     "(stage, ok, skipped, failed) in run order, then stages no declaration knows."
     order = [s.name for s in stage_order()]

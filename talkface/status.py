@@ -16,6 +16,7 @@ def why(reason: str) -> str:
     "A reason without the file name in front, for grouping."
     return reason.split(': ', 1)[1] if ': ' in (reason or '') else (reason or '')
 
+# %% ../nbs/11b_status.ipynb #5b920476
 def stage_names(counts: dict, registry=None) -> list[str]:
     "The stages of `counts` in run order: the registry's, then any it does not know."
     order = [s.name for s in stage_order(registry=registry)]
@@ -37,6 +38,7 @@ def stop_row(rows: list[dict], order: list[str]) -> dict:
     rows = sorted(rows, key=lambda r: (order.index(r['stage']) if r['stage'] in order else len(order), r['updated']))
     return next((r for r in rows if r['status'] != 'ok'), rows[-1])
 
+# %% ../nbs/11b_status.ipynb #77fcbdaf
 def by_input(rows: list[dict], registry=None) -> dict[str, tuple[dict|None, list[str]]]:
     "`{input clip: (its fan-out row or None, [the clips made from it])}`; an input without a fan-out row is its own clip."
     fan = {s.name for s in stage_order(registry=registry) if s.fanout}
@@ -58,6 +60,7 @@ def _scenes_line(cid: str, fan: dict, stops: dict, kids: list, order: list) -> t
     stage = max((r['stage'] for r in done), key=lambda st: order.index(st) if st in order else -1) if done else fan['stage']
     return stage, 'partial' if done else 'failed', f'{len(done)} of {len(kids)} scenes ok; ' + '; '.join(bad)
 
+# %% ../nbs/11b_status.ipynb #c40d4d52
 def input_line(cid: str, fan: dict|None, kids: list[str], by_clip: dict, order: list[str]) -> tuple[str, str, str]:
     "(stage, status, reason) of one input file."
     if fan is not None and (fan['status'] != 'ok' or not kids):

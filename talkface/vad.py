@@ -21,6 +21,7 @@ def vad_model_path() -> Path:
     "Silero VAD's whole-sequence ONNX export, inside the silero-vad wheel (found without importing the package)."
     return wheel_file('silero_vad', 'data', 'silero_vad_16k_sequence.onnx', backend='silero-vad', pip='silero-vad')
 
+# %% ../nbs/02b_vad.ipynb #24f3590d
 @functools.lru_cache(maxsize=None)
 def get_vad():
     "The Silero VAD model as an onnxruntime session on one thread, loaded once per process."
@@ -87,6 +88,7 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     g = math.gcd(int(sr_in), int(sr_out))
     return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
 
+# %% ../nbs/02b_vad.ipynb #35e9d0c5
 def as_samples(path_or_samples, sr: int = SR) -> np.ndarray:
     "16 kHz mono float32 samples of a media file, or of mono samples at `sr` Hz."
     if isinstance(path_or_samples, (str, os.PathLike)):
@@ -106,6 +108,7 @@ def vad_segments(samples, sr: int = SR, threshold: float = 0.5, min_speech_ms: i
     segs = speech_segments(speech_probs(x), len(x), threshold, min_speech_ms, min_silence_ms, speech_pad_ms)
     return [(round(a / SR, 4), round(b / SR, 4)) for a, b in segs]
 
+# %% ../nbs/02b_vad.ipynb #4f68d5bb
 def speech_ratio(path_or_samples, sr: int = SR, **kw) -> float:
     "The fraction of the audio (a file, or mono samples at `sr`) that Silero VAD marks as speech."
     x = as_samples(path_or_samples, sr)
