@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .core import (BadInput, Layout, Manifest, OutOfSpace, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
                            failed, is_complete, log, ok, progress, run_stage, setup_logging, write_json)
-from .media import check_ffmpeg
 from . import __version__
 
 # %% auto #0
@@ -288,6 +287,7 @@ def effective_after(stage: Stage, names, registry=STAGES) -> set[str]:
 def run_pipeline(run: RunConfig, registry=STAGES, engine=None) -> Manifest:
     "Run the selected stages over every input; return the manifest. Resumable; a bad clip never stops the run."
     root = check_writable(run.output)
+    from talkface.media import check_ffmpeg   # here, not at the top: a worker must set its threads before numpy is first imported
     ff = check_ffmpeg()          # a chosen ffmpeg that is too old stops the run here, not clip after clip
     names = run.stage_list
     unknown = [n for n in names if n not in {s.name for s in registry}]
