@@ -64,8 +64,7 @@ def test_the_ffmpeg_on_path_changes_nothing(reference, tmp_path):
     fake = tmp_path / 'bin' / 'ffmpeg'
     fake.parent.mkdir()
     fake.write_text('#!/bin/sh\necho "ffmpeg version 4.0 (a stand-in that always fails)" >&2\nexit 1\n'); fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != 'TALKFACE_FFMPEG'}
-    env['PATH'] = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+    env = dict(os.environ, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")   # TALKFACE_FFMPEG, if set, as for the reference
     out = tmp_path / 'out'
     r = subprocess.run([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(out), '--stages', 'scenes,filter,crop,convert',
                         '--workers', '2'], capture_output=True, text=True, env=env)
