@@ -13,7 +13,7 @@ def talkface(*args, cwd=None, env=None):
 def test_help_lists_every_stage():
     r = talkface('--help')
     assert r.returncode == 0
-    for cmd in 'sample demo scenes filter crop convert landmarks pose aus audio run report status batch'.split():
+    for cmd in 'sample demo scenes filter crop convert landmarks sync pose aus audio identity run report status batch export rebuild'.split():
         assert f'  {cmd} ' in r.stdout, cmd
 
 def test_unknown_command_is_a_clear_error():
