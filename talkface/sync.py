@@ -15,7 +15,7 @@ from .core import (FPS, SR, BadInput, Layout, MissingWeights, Skip, Stage, Stage
 from .media import load_audio, probe, run_ffmpeg, ffpath
 from .landmarks import (LandmarksConfig, clip_landmarks, clip_source, count_frames, face_scale, iter_source,
                                 use_video_source)
-from .audio import is_silent
+from .vad import is_silent
 
 # %% auto #0
 __all__ = ['INNER_LIPS', 'OUTER_LIPS', 'MOUTH_FEATURES', 'N_MELS', 'WIN', 'HOP', 'NFFT', 'LOW_HZ', 'HIGH_HZ', 'SPF',
