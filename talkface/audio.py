@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 from .core import (BadInput, TalkfaceError, MissingWeights, Skip, Layout, Manifest, StageResult, ok,
                            atomic_path, save_npy, write_json, log, run_each, setup_logging, weights_dir, require_weights, is_complete)
+from .media import Audio, read_audio, resample
 
 # %% auto #0
 __all__ = ['SR', 'FPS', 'VAD_WINDOW', 'VAD_CONTEXT', 'AUDIO_EXTS', 'SILENCE_PEAK', 'RATES', 'WEIGHTS', 'NO_WEIGHTS', 'PHONEMES',
            'WHISPER_WINDOW', 'FEATURES', 'SUFFIXES', 'vad_model_path', 'get_vad', 'speech_probs', 'speech_segments',
-           'resample', 'vad_segments', 'speech_ratio', 'load_audio_16k', 'is_silent', 'feats_per_frame',
+           'vad_segments', 'speech_ratio', 'read_audio_16k', 'load_audio_16k', 'is_silent', 'feats_per_frame',
            'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'delta', 'mfcc', 'model_folder',
            'quiet_transformers', 'resolve_device', 'Encoder', 'get_encoder', 'parse_layers', 'NpyWriter',
            'normalise_input', 'encode', 'make_random_model', 'whisper_encode', 'get_asr', 'transcribe', 'ctc_vocab',
@@ -84,15 +85,8 @@ def speech_segments(probs, n_samples: int, threshold: float = 0.5, min_speech_ms
     if segs: segs[0][0] = max(0, segs[0][0] - pad); segs[-1][1] = min(n_samples, segs[-1][1] + pad)
     return segs
 
-def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    "Resample mono float samples from `sr_in` to `sr_out` (polyphase filter)."
-    if sr_in == sr_out: return np.asarray(x, np.float32)
-    from scipy.signal import resample_poly
-    g = math.gcd(int(sr_in), int(sr_out))
-    return resample_poly(x, sr_out // g, sr_in // g).astype(np.float32)
-
 def _as_samples(path_or_samples, sr: int = SR) -> np.ndarray:
-    if isinstance(path_or_samples, (str, os.PathLike)): return load_audio_16k(path_or_samples, strict=False)
+    if isinstance(path_or_samples, (str, os.PathLike)): return load_audio_16k(path_or_samples)
     x = np.asarray(path_or_samples, dtype=np.float32)
     if x.ndim != 1: raise ValueError(f'expected mono samples, got shape {x.shape}')
     return resample(x, sr, SR) if sr != SR else x
@@ -116,29 +110,20 @@ def speech_ratio(path_or_samples, sr: int = SR, **kw) -> float:
 AUDIO_EXTS = ('.wav', '.flac', '.mp3', '.m4a', '.aac', '.ogg', '.opus')
 SILENCE_PEAK = 1e-3   # -60 dBFS
 
-def load_audio_16k(path, strict: bool = True, min_seconds: float = 0.0) -> np.ndarray:
-    "Float32 mono 16 kHz samples of `path`; with `strict`, anything but a 16 kHz mono file is a `BadInput`."
-    from talkface.media import load_audio, probe
+def read_audio_16k(path, min_seconds: float = 0.0) -> Audio:
+    "`path`'s audio as `librosa.load(path, sr=16000)` reads it (channels averaged, resampled), with what was done; `BadInput` when unusable."
     p = Path(path)
-    if strict:
-        if not p.exists(): raise BadInput(p, 'file does not exist')
-        if p.is_file() and p.stat().st_size == 0: raise BadInput(p, 'file is empty (0 bytes)')
-        if p.suffix.lower() in ('.wav', '.flac', '.ogg'):
-            import soundfile as sf
-            try: info = sf.info(str(p)); sr, ch = info.samplerate, info.channels
-            except Exception as e: raise BadInput(p, f'not a readable audio file ({type(e).__name__}: {str(e)[:120]})')
-        else:
-            pr = probe(p)
-            if not pr.has_audio: raise BadInput(p, 'no audio stream')
-            sr, ch = pr.sample_rate, pr.channels
-        fix = 'convert it first: `talkface convert` writes 16 kHz mono wav'
-        if sr != SR: raise BadInput(p, f'audio is {sr} Hz, expected {SR} Hz', fix)
-        if ch != 1: raise BadInput(p, f'audio has {ch} channels, expected mono', fix)
-    x = load_audio(p, sr=SR, mono=True)
-    if not np.all(np.isfinite(x)): raise BadInput(p, 'audio contains NaN or infinite samples')
-    if len(x) < min_seconds * SR:
-        raise BadInput(p, f'audio is too short: {len(x) / SR:.2f} s, at least {min_seconds:g} s needed')
-    return x
+    if not p.exists(): raise BadInput(p, 'file does not exist')
+    if p.is_file() and p.stat().st_size == 0: raise BadInput(p, 'file is empty (0 bytes)')
+    a = read_audio(p, SR)
+    if not np.all(np.isfinite(a.samples)): raise BadInput(p, 'audio contains NaN or infinite samples')
+    if len(a.samples) < min_seconds * SR:
+        raise BadInput(p, f'audio is too short: {len(a.samples) / SR:.2f} s, at least {min_seconds:g} s needed')
+    return a
+
+def load_audio_16k(path, min_seconds: float = 0.0) -> np.ndarray:
+    "Float32 mono 16 kHz samples of `path` (see `read_audio_16k`)."
+    return read_audio_16k(path, min_seconds).samples
 
 def is_silent(x: np.ndarray, peak: float = SILENCE_PEAK) -> bool:
     "True when no sample reaches `peak` (default -60 dBFS)."
@@ -634,15 +619,15 @@ def extract(x: np.ndarray, feature: str, dests: list, cfg: AudioConfig, n_frames
     raise ValueError(f'unknown feature {feature!r} (known: {", ".join(FEATURES)})')
 
 def extract_file(src, dests: dict, cfg: AudioConfig, n_frames: int | None = None, overwrite: bool = False) -> StageResult:
-    "Read and check the 16 kHz mono audio `src`, then compute each `{feature: [dest files]}` missing (or all with `overwrite`)."
+    "Read `src` as 16 kHz mono (any audio: averaged, resampled, recorded), then compute each `{feature: [dest files]}` missing (or all with `overwrite`)."
     src = Path(src)
-    x = load_audio_16k(src, strict=True, min_seconds=cfg.min_seconds)
-    dur = round(len(x) / SR, 4)
+    a = read_audio_16k(src, min_seconds=cfg.min_seconds)
+    x, dur = a.samples, round(len(a.samples) / SR, 4)
     if is_silent(x):
         from talkface.core import skipped
-        return skipped(f'{src}: audio is silent (peak below -60 dBFS): no speech', speech_ratio=0.0, duration_s=dur)
+        return skipped(f'{src}: audio is silent (peak below -60 dBFS): no speech', speech_ratio=0.0, duration_s=dur, audio_in=a.note)
     n_frames = int(n_frames) if n_frames else n_video_frames(len(x), SR, cfg.fps)
-    figures, outputs = {'duration_s': dur, 'n_frames': n_frames}, []
+    figures, outputs = {'duration_s': dur, 'n_frames': n_frames, 'audio_in': a.note or '16 kHz mono, as is'}, []
     for feature, files in dests.items():
         files = [Path(f) for f in files]
         if overwrite or not all(is_complete(f) for f in files):
@@ -675,10 +660,10 @@ def _bool(s) -> bool:
 def parser() -> argparse.ArgumentParser:
     "The `talkface audio` argument parser (the original flags, plus --feature and the options above)."
     d = AudioConfig()
-    p = argparse.ArgumentParser(prog='talkface audio', description='Audio features of 16 kHz mono files, aligned to 25 fps video: '
+    p = argparse.ArgumentParser(prog='talkface audio', description='Audio features of any audio files (read as 16 kHz mono), aligned to 25 fps video: '
                                 'MFCC, Silero VAD, HuBERT, any HF speech encoder, the Whisper encoder, ASR words and CTC phonemes.')
     p.add_argument('--feature', default='hubert', choices=FEATURES, help='what to extract (default: hubert, like the original script)')
-    p.add_argument('--audio_dir_path', default='./audio_samples/raw_audios/', help='folder of 16 kHz mono audio files')
+    p.add_argument('--audio_dir_path', default='./audio_samples/raw_audios/', help='folder of audio files (any rate and channels: averaged to mono, resampled to 16 kHz)')
     p.add_argument('--audio_feature_saved_path', default='./audio_samples/audio_features/', help='output folder')
     p.add_argument('--model_path', default=None, help='model folder (default: weights/chinese-hubert-large for hubert, '
                    'weights/whisper-large-v2 for whisper and asr, weights/wavlm-base-plus for hf, '

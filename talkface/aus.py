@@ -10,23 +10,26 @@ from pathlib import Path
 import numpy as np
 from .core import BadInput, Layout, TalkfaceError, atomic_path, discover, ok
 from .landmarks import LandmarksConfig, clip_landmarks, clip_source, cli_layout, count_frames, default_root, frame_clips, run_cli
-from .pose import MEAN_FACE
+from .faces import bfm_keypoints
 
 # %% auto #0
-__all__ = ['RIGID', 'TEMPLATE', 'AUS', 'FULL', 'BLINK_ON', 'BLINK_OFF', 'OPENFACE_R', 'OPENFACE_C', 'META', 'DEFAULT_OPENFACE',
-           'align_to_mean_face', 'face_measures', 'baselines', 'open_eye', 'eye_closure', 'geometry_aus', 'blinks',
-           'geometry_table', 'find_openface', 'read_openface_csv', 'normalize_openface', 'run_openface',
-           'openface_table', 'runs', 'AUsConfig', 'aus_clip', 'main']
+__all__ = ['RIGID', 'DEFINITIONS', 'NOT_MEASURED', 'AUS', 'FULL', 'SMOOTHED', 'LID_DOWN', 'BLINK_ON', 'BLINK_OFF', 'OPENFACE_R',
+           'OPENFACE_C', 'META', 'DEFAULT_OPENFACE', 'template', 'align_to_mean_face', 'face_measures', 'baselines',
+           'open_eye', 'eye_closure', 'blinks', 'geometry_aus', 'geometry_table', 'find_openface', 'read_openface_csv',
+           'normalize_openface', 'run_openface', 'openface_table', 'runs', 'AUsConfig', 'aus_clip', 'main']
 
 # %% ../nbs/09_aus.ipynb #0b713ec6
 RIGID = [27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 39, 42, 45]
-TEMPLATE = MEAN_FACE[:, :2]
+
+def template() -> np.ndarray:
+    "The mean face seen from the front (68, 2): x right, y down, mm."
+    return bfm_keypoints()[:, :2] * [1, -1]
 
 def align_to_mean_face(pts) -> np.ndarray:
     "(T, 68, 2) landmarks mapped by a per-frame similarity (fitted on the rigid points) into the mean face's mm."
     p = np.asarray(pts, np.float64).reshape(-1, 68, 2)
     z = p[..., 0] + 1j * p[..., 1]
-    w = TEMPLATE[:, 0] + 1j * TEMPLATE[:, 1]
+    w = template()[:, 0] + 1j * template()[:, 1]
     zc, wc = z[:, RIGID].mean(1, keepdims=True), w[RIGID].mean()
     zr, wr = z[:, RIGID] - zc, w[RIGID] - wc
     with np.errstate(invalid='ignore', divide='ignore'):                 # frames without landmarks stay NaN
@@ -36,6 +39,7 @@ def align_to_mean_face(pts) -> np.ndarray:
 
 # %% ../nbs/09_aus.ipynb #2d09b774
 def _d(p, a, b): return np.linalg.norm(p[:, a] - p[:, b], axis=-1)
+def _y(p, idx): return p[:, idx, 1].mean(1)
 
 def face_measures(pts) -> dict[str, np.ndarray]:
     "Per-frame geometric measures of (T, 68, 2) landmarks (see the table above); NaN where a frame has no landmarks."
@@ -48,11 +52,47 @@ def face_measures(pts) -> dict[str, np.ndarray]:
         mouth_width=_d(p, 48, 54),
         inner_brow=((p[:, 39, 1] - p[:, 21, 1]) + (p[:, 42, 1] - p[:, 22, 1])) / 2,
         outer_brow=((p[:, 36, 1] - p[:, 17, 1]) + (p[:, 45, 1] - p[:, 26, 1])) / 2,
-        brow_gap=p[:, 22, 0] - p[:, 21, 0])
+        brow_gap=p[:, 22, 0] - p[:, 21, 0],
+        upper_lid=(_y(p, [36, 39]) - _y(p, [37, 38]) + _y(p, [42, 45]) - _y(p, [43, 44])) / 2,
+        lower_lid=(_y(p, [40, 41]) - _y(p, [36, 39]) + _y(p, [46, 47]) - _y(p, [42, 45])) / 2,
+        upper_lip=p[:, 51, 1] - p[:, 33, 1],
+        corner_drop=_y(p, [48, 54]) - _y(p, [33, 57]),
+        lip_red=_d(p, 51, 62) + _d(p, 57, 66))
+
+# %% ../nbs/09_aus.ipynb #8fe2e46e
+DEFINITIONS = {  # AU: (FACS name, what FACS describes that landmarks can see, the geometric measure)
+    'AU01': ('Inner Brow Raiser', 'the inner ends of the brows rise', 'inner brow height above its median; 8 mm reads 5'),
+    'AU02': ('Outer Brow Raiser', 'the outer parts of the brows rise', 'outer brow height above its median; 8 mm reads 5'),
+    'AU04': ('Brow Lowerer', 'the brows lower and are drawn together', 'inner brow height below, and brow gap under, their medians; 8 mm reads 5'),
+    'AU05': ('Upper Lid Raiser', 'the upper lid rises, widening the eye opening and showing more of the eyeball above the iris',
+             'upper lid height above its median; 3 mm reads 5'),
+    'AU07': ('Lid Tightener', 'the lids tighten and the eye opening narrows, mostly by the lower lid rising and straightening',
+             'lower lid depth below its median; 3 mm reads 5; 0 where the upper lid is 1 mm or more below its median (a blink, the eye closing)'),
+    'AU10': ('Upper Lip Raiser', 'the upper lip rises towards the nose', 'upper lip height below its median; 5 mm reads 5'),
+    'AU12': ('Lip Corner Puller', 'the lip corners are pulled back and up, lengthening the mouth', 'mouth width above its median; 10 mm reads 5'),
+    'AU15': ('Lip Corner Depressor', 'the lip corners are pulled down, the ends of the mouth turning down',
+             'corner drop above its median; 4 mm reads 5'),
+    'AU20': ('Lip Stretcher', 'the lip corners are pulled sideways, lengthening and flattening the mouth, without rising',
+             "each corner's outward move (half the mouth-width increase) less its rise (the rise belongs to AU12's oblique pull); 5 mm reads 5"),
+    'AU23': ('Lip Tightener', 'the lips tighten and the red parts narrow', 'lip red under its median; 5 mm reads 5'),
+    'AU25': ('Lips Part', 'the lips part', 'inner lip gap above its closed value; 12 mm reads 5'),
+    'AU26': ('Jaw Drop', 'the jaw lowers', 'chin below the nose, beyond its closed value; 15 mm reads 5'),
+    'AU45': ('Blink', 'the eyes close briefly', 'eye closure, 1 - EAR / open-eye EAR; 0.6 reads 5'),
+}
+NOT_MEASURED = {  # the OpenFace AUs 68 landmarks cannot carry, and why
+    'AU06': 'Cheek Raiser: its signs are the cheeks lifting, crow\'s-feet wrinkles and bagging below the lower lid; no landmark lies on the cheek or that skin',
+    'AU09': 'Nose Wrinkler: its signs are wrinkles along the nose and the nostril wings rising; the nose landmarks sit on bone and cartilage it does not move',
+    'AU14': 'Dimpler: its sign is a dimple, a skin fold beside the lip corner; no landmark lies there, and the corner itself barely moves',
+    'AU17': 'Chin Raiser: its signs are the chin boss wrinkling and pushing the lower lip up; no landmark lies on the chin boss, and the lower lip rising looks like the jaw closing',
+    'AU28': 'Lip Suck: the lips are drawn into the mouth; the lip landmarks then sit on what is left of the lips, which looks like a closed mouth',
+}
 
 # %% ../nbs/09_aus.ipynb #4b0f9504
-AUS = ('AU01', 'AU02', 'AU04', 'AU12', 'AU25', 'AU26', 'AU45')
-FULL = dict(AU01=8.0, AU02=8.0, AU04=8.0, AU12=10.0, AU25=12.0, AU26=15.0, AU45=0.6)   # change (mm; AU45: eye closure) read as 5
+AUS = ('AU01', 'AU02', 'AU04', 'AU05', 'AU07', 'AU10', 'AU12', 'AU15', 'AU20', 'AU23', 'AU25', 'AU26', 'AU45')
+FULL = dict(AU01=8.0, AU02=8.0, AU04=8.0, AU05=3.0, AU07=3.0, AU10=5.0, AU12=10.0, AU15=4.0, AU20=5.0, AU23=5.0, AU25=12.0,
+            AU26=15.0, AU45=0.6)   # change (mm; AU45: eye closure) read as 5
+SMOOTHED = ('inner_brow', 'outer_brow', 'brow_gap', 'mouth_width', 'upper_lid', 'lower_lid', 'upper_lip', 'corner_drop', 'lip_red')
+LID_DOWN = 1.0                              # mm the upper lid drops in a blink or a closing eye, where AU07 is not read
 BLINK_ON, BLINK_OFF = 0.18, 0.09            # eye closure (1 - EAR / open EAR) that starts / ends a blink
 
 def _smooth3(x):
@@ -66,8 +106,7 @@ def baselines(meas: dict, valid) -> dict:
     v = np.asarray(valid, bool) & ~np.isnan(meas['ear'])
     if not v.any(): raise ValueError('no frame with landmarks')
     q = lambda k, pc: float(np.percentile(meas[k][v], pc))
-    return dict(ear=q('ear', 75), lip_gap=q('lip_gap', 5), jaw=q('jaw', 5), mouth_width=q('mouth_width', 50),
-                inner_brow=q('inner_brow', 50), outer_brow=q('outer_brow', 50), brow_gap=q('brow_gap', 50))
+    return dict(ear=q('ear', 75), lip_gap=q('lip_gap', 5), jaw=q('jaw', 5), **{k: q(k, 50) for k in SMOOTHED})
 
 def open_eye(ear, valid, fps: float = 25.0, seconds: float = 2.0) -> np.ndarray:
     "The open-eye EAR around each frame: the 75th percentile over a `seconds` window (follows head turns and cuts)."
@@ -83,19 +122,6 @@ def eye_closure(ear, open_ear) -> np.ndarray:
     e = np.where(np.isnan(ear), open_ear, ear)
     return _smooth3(1 - e / open_ear)
 
-def geometry_aus(meas: dict, base: dict, open_ear=None) -> dict[str, np.ndarray]:
-    "AU intensities (0-5) from measures and the clip's baselines (brows and mouth width smoothed over 3 frames)."
-    m = {k: np.where(np.isnan(v), base[k], v) for k, v in meas.items()}     # frames without landmarks read as neutral
-    sm = {k: _smooth3(m[k]) for k in ('inner_brow', 'outer_brow', 'brow_gap', 'mouth_width')}
-    return dict(
-        AU01=_scale(sm['inner_brow'] - base['inner_brow'], FULL['AU01']),
-        AU02=_scale(sm['outer_brow'] - base['outer_brow'], FULL['AU02']),
-        AU04=_scale((base['inner_brow'] - sm['inner_brow']) + (base['brow_gap'] - sm['brow_gap']), FULL['AU04']),
-        AU12=_scale(sm['mouth_width'] - base['mouth_width'], FULL['AU12']),
-        AU25=_scale(m['lip_gap'] - base['lip_gap'], FULL['AU25']),
-        AU26=_scale(m['jaw'] - base['jaw'], FULL['AU26']),
-        AU45=_scale(eye_closure(meas['ear'], base['ear'] if open_ear is None else open_ear), FULL['AU45']))
-
 def blinks(closure, on: float = BLINK_ON, off: float = BLINK_OFF) -> list[tuple[int, int, int]]:
     "Blink events (start, end, peak), 0-based inclusive frame indices, from eye closure with hysteresis."
     c = np.nan_to_num(np.asarray(closure, np.float64), nan=0.0)
@@ -109,6 +135,27 @@ def blinks(closure, on: float = BLINK_ON, off: float = BLINK_OFF) -> list[tuple[
             out.append((s, e, s + int(np.argmax(c[s:e + 1])))); i = e + 1
         else: i += 1
     return out
+
+# %% ../nbs/09_aus.ipynb #d4c105d0
+def geometry_aus(meas: dict, base: dict, open_ear=None) -> dict[str, np.ndarray]:
+    "AU intensities (0-5) from measures and the clip's baselines (all but the lip gap and the jaw smoothed over 3 frames)."
+    m = {k: np.where(np.isnan(v), base[k], v) for k, v in meas.items()}     # frames without landmarks read as neutral
+    sm = {k: _smooth3(m[k]) for k in SMOOTHED}
+    d = {k: sm[k] - base[k] for k in SMOOTHED}                              # change from neutral, mm
+    return dict(
+        AU01=_scale(d['inner_brow'], FULL['AU01']),
+        AU02=_scale(d['outer_brow'], FULL['AU02']),
+        AU04=_scale(-d['inner_brow'] - d['brow_gap'], FULL['AU04']),
+        AU05=_scale(d['upper_lid'], FULL['AU05']),
+        AU07=np.where(d['upper_lid'] > -LID_DOWN, _scale(-d['lower_lid'], FULL['AU07']), 0.0),   # not while the upper lid comes down
+        AU10=_scale(-d['upper_lip'], FULL['AU10']),
+        AU12=_scale(d['mouth_width'], FULL['AU12']),
+        AU15=_scale(d['corner_drop'], FULL['AU15']),
+        AU20=_scale(d['mouth_width'] / 2 - np.maximum(-d['corner_drop'], 0), FULL['AU20']),
+        AU23=_scale(-d['lip_red'], FULL['AU23']),
+        AU25=_scale(m['lip_gap'] - base['lip_gap'], FULL['AU25']),
+        AU26=_scale(m['jaw'] - base['jaw'], FULL['AU26']),
+        AU45=_scale(eye_closure(meas['ear'], base['ear'] if open_ear is None else open_ear), FULL['AU45']))
 
 # %% ../nbs/09_aus.ipynb #5d545d0b
 OPENFACE_R = ('AU01', 'AU02', 'AU04', 'AU05', 'AU06', 'AU07', 'AU09', 'AU10', 'AU12', 'AU14', 'AU15', 'AU17', 'AU20', 'AU23',
@@ -135,7 +182,8 @@ def geometry_table(pts, valid=None, fps: float = 25.0):
                            confidence=ok_.astype(float), success=ok_.astype(int)))
     for k in AUS: df[f'{k}_r'] = np.where(ok_, np.round(r[k], 2), 0.0)
     for k in AUS: df[f'{k}_c'] = np.where(ok_, (inblink if k == 'AU45' else r[k] >= 1).astype(int), 0)
-    rec = dict(baselines={k: round(v, 4) for k, v in base.items()}, full_scale=FULL, blink_thresholds=[BLINK_ON, BLINK_OFF],
+    rec = dict(measured={k: dict(zip(('facs', 'facs_description', 'geometry'), DEFINITIONS[k])) for k in AUS},
+               not_measured=NOT_MEASURED, baselines={k: round(v, 4) for k, v in base.items()}, full_scale=FULL, blink_thresholds=[BLINK_ON, BLINK_OFF],
                blinks=[dict(start_frame=s + 1, end_frame=e + 1, peak_frame=p + 1, peak_AU45_r=round(float(r['AU45'][p]), 2)) for s, e, p in ev])
     return df, rec
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib, sys
 
 # %% auto #0
-__all__ = ['SUBCOMMANDS', 'usage', 'main', 'demo_main']
+__all__ = ['SUBCOMMANDS', 'NO_FFMPEG', 'usage', 'main', 'demo_main']
 
 # %% ../nbs/13_cli.ipynb #88d398cb
 SUBCOMMANDS = {  # name: (module, help)
@@ -26,6 +26,7 @@ SUBCOMMANDS = {  # name: (module, help)
     'batch':     ('talkface.pipeline',  'run a stage notebook through papermill over a dataset'),
     'report':    ('talkface.report',    'write the QC report of an output root'),
 }
+NO_FFMPEG = ('status', 'report')   # commands that never run ffmpeg: no need to check it
 
 def usage() -> str:
     "The top-level help text."
@@ -45,6 +46,12 @@ def main(argv: list[str]|None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd not in SUBCOMMANDS:
         print(f"talkface: unknown command '{cmd}'\n\n{usage()}", file=sys.stderr); return 2
+    if cmd not in NO_FFMPEG and not {'-h', '--help'} & set(rest):
+        from talkface.media import check_ffmpeg
+        from talkface.core import TalkfaceError
+        try: check_ffmpeg()
+        except TalkfaceError as e:
+            print(f'talkface {cmd}: {e}', file=sys.stderr); return 2
     modname = SUBCOMMANDS[cmd][0]
     try: mod = importlib.import_module(modname)
     except ModuleNotFoundError as e:

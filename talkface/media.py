@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_media.ipynb #369ef244
 from __future__ import annotations
-import os, re, shutil, signal, subprocess
+import functools, os, re, signal, subprocess
 from dataclasses import dataclass, asdict
 from fractions import Fraction
 from pathlib import Path
@@ -13,9 +13,10 @@ import numpy as np
 from .core import BadInput, OutOfSpace, TalkfaceError, log, package_dir
 
 # %% auto #0
-__all__ = ['PPM_PIPE', 'real_sample', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'worker_threads', 'run_ffmpeg', 'read_ppm',
-           'ffmpeg_frames', 'Probe', 'error_text', 'probe', 'video_stream', 'iter_frames', 'read_frame', 'load_audio',
-           'save_wav']
+__all__ = ['FFMPEG_MIN', 'PPM_PIPE', 'real_sample', 'pinned_ffmpeg', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'worker_threads',
+           'run_ffmpeg', 'ffmpeg_version', 'release', 'check_ffmpeg', 'read_ppm', 'ffmpeg_frames', 'Probe',
+           'error_text', 'probe', 'video_stream', 'iter_frames', 'read_frame', 'decode_audio', 'resample', 'Audio',
+           'read_audio', 'load_audio', 'save_wav']
 
 # %% ../nbs/01_media.ipynb #0bd8dc19
 def real_sample() -> Path|None:
@@ -26,14 +27,27 @@ def real_sample() -> Path|None:
     cands += [p / 'shared/samples/hdtf_FAzSK8PLmGI.mp4' for p in (here.parent.parent, here.parent, Path.cwd().parent, Path.cwd().parent.parent)]
     return next((p for p in cands if p.is_file()), None)
 
-# %% ../nbs/01_media.ipynb #e0db257c
-def ffmpeg_exe() -> str:
-    "The ffmpeg binary: the one on PATH, else the one shipped in the imageio-ffmpeg wheel."
-    exe = shutil.which('ffmpeg')
-    if exe: return exe
-    import imageio_ffmpeg
-    return imageio_ffmpeg.get_ffmpeg_exe()
+# %% ../nbs/01_media.ipynb #79bb827c
+def pinned_ffmpeg() -> Path:
+    "The ffmpeg binary inside the imageio-ffmpeg wheel (its version pinned in settings.ini), found without importing the wheel."
+    import importlib.util
+    spec = importlib.util.find_spec('imageio_ffmpeg')
+    found = sorted(Path(spec.submodule_search_locations[0], 'binaries').glob('ffmpeg-*')) if spec else []
+    exe = next((p for p in found if p.is_file() and os.access(p, os.X_OK)), None)
+    if exe is None: raise TalkfaceError('imageio-ffmpeg', 'the wheel and its ffmpeg binary are not installed',
+                                        'pip install imageio-ffmpeg==0.8.1, or set TALKFACE_FFMPEG=/path/to/ffmpeg')
+    return exe
 
+def ffmpeg_exe() -> str:
+    "The ffmpeg binary talkface runs: `$TALKFACE_FFMPEG` when set, else the imageio-ffmpeg wheel's. Never the one on PATH."
+    env = os.environ.get('TALKFACE_FFMPEG', '').strip()
+    if not env: return str(pinned_ffmpeg())
+    p = Path(env).expanduser()
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        raise TalkfaceError(env, 'TALKFACE_FFMPEG is not an executable file', 'unset it to use the pinned ffmpeg of the imageio-ffmpeg wheel')
+    return str(p.resolve())
+
+# %% ../nbs/01_media.ipynb #e0db257c
 def ffpath(p) -> str:
     "An ffmpeg-safe spelling of a local path."
     return 'file:' + str(Path(p).resolve())
@@ -83,6 +97,33 @@ def run_ffmpeg(args: list, src, timeout: float|None = None, what: str = 'ffmpeg'
     except subprocess.TimeoutExpired: raise _timed_out(src, what, limit)   # subprocess.run has killed it
     if r.returncode: raise _failure(r.returncode, r.stderr, src, what)
     return r
+
+# %% ../nbs/01_media.ipynb #16f7a0f2
+FFMPEG_MIN = (5, 1)   # -fps_mode came in 5.1, and 5.1 is the oldest release the project's ffmpeg calls are tested with
+
+@functools.lru_cache(maxsize=8)
+def ffmpeg_version(exe: str) -> str:
+    "The version `exe -version` reports, e.g. '5.1.9-0+deb12u1' or 'n9.0.2-17-g2a571b6068-20260930'."
+    try: r = subprocess.run([str(exe), '-version'], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e: raise TalkfaceError(exe, f'ffmpeg does not start ({e})')
+    m = re.match(r'\S+ version (\S+)', r.stdout.decode('utf-8', 'replace'))
+    if r.returncode or not m: raise TalkfaceError(exe, 'is not an ffmpeg: `-version` printed no version')
+    return m.group(1)
+
+def release(version: str) -> tuple[int, int]|None:
+    "(major, minor) of an ffmpeg version string; None for a build from git, which has no release number."
+    m = re.match(r'n?(\d+)\.(\d+)', version)
+    return (int(m[1]), int(m[2])) if m else None
+
+def check_ffmpeg() -> dict:
+    "The ffmpeg talkface will run, `{'path', 'version'}`; a `TalkfaceError` naming the version and the minimum when it is too old."
+    exe = ffmpeg_exe()
+    v = ffmpeg_version(exe)
+    if (release(v) or FFMPEG_MIN) < FFMPEG_MIN:
+        need = '.'.join(map(str, FFMPEG_MIN))
+        raise TalkfaceError(exe, f'ffmpeg {v} is too old: talkface needs ffmpeg {need} or newer',
+                            'unset TALKFACE_FFMPEG to use the pinned ffmpeg of the imageio-ffmpeg wheel, or point it at a newer one')
+    return dict(path=exe, version=v)
 
 # %% ../nbs/01_media.ipynb #6316376d
 PPM_PIPE = ['-c:v', 'ppm', '-f', 'image2pipe', 'pipe:1']
@@ -244,32 +285,63 @@ def read_frame(path, index: int = 0, **kw) -> np.ndarray:
     raise BadInput(path, f'has no frame {index}')
 
 # %% ../nbs/01_media.ipynb #0f7bde69
-def load_audio(path, sr: int = 16000, mono: bool = True) -> np.ndarray:
-    "Audio of `path` as float32 at `sr` Hz: shape (n,) when `mono`, else (n, channels). Raises `BadInput`."
+def decode_audio(path) -> tuple[np.ndarray, int]:
+    "Every channel of `path`'s first audio stream at its own rate: float32 (n, channels), and the rate. Raises `BadInput`."
     import av
     p = Path(path)
-    if p.suffix.lower() in ('.wav', '.flac') and p.is_file() and p.stat().st_size > 0:
+    if p.suffix.lower() in ('.wav', '.flac', '.ogg') and p.is_file() and p.stat().st_size > 0:
         import soundfile as sf
-        try: info = sf.info(str(p))
+        try: x, rate = sf.read(str(p), dtype='float32', always_2d=True)
         except Exception as e: raise BadInput(p, f'not a readable audio file ({error_text(e)})')
-        if info.samplerate == sr and (info.channels == 1 or not mono):
-            x, _ = sf.read(str(p), dtype='float32', always_2d=True)
-            if len(x) == 0: raise BadInput(p, 'audio stream is empty')
-            return x[:, 0] if mono else x
+        if len(x) == 0: raise BadInput(p, 'audio stream is empty')
+        return x, int(rate)
     with _open(p) as c:
         if not c.streams.audio: raise BadInput(p, 'no audio stream')
         a = c.streams.audio[0]
-        layout = 'mono' if mono else a.layout.name
-        rs = av.AudioResampler(format='flt', layout=layout, rate=sr)
+        rs = av.AudioResampler(format='flt', layout=a.layout.name, rate=a.rate)   # to packed float only
         chunks = []
         try:
             for frame in c.decode(a):
                 for f in rs.resample(frame): chunks.append(f.to_ndarray())
             for f in rs.resample(None): chunks.append(f.to_ndarray())
         except av.error.FFmpegError as e: raise BadInput(p, f'audio stream is corrupt ({error_text(e)})')
+        rate, n_ch = a.rate, len(a.layout.channels)
     if not chunks: raise BadInput(p, 'audio stream is empty')
-    x = np.concatenate(chunks, axis=1)  # packed 'flt': (1, n*channels)
-    return x.reshape(-1) if mono else x.reshape(-1, len(a.layout.channels))
+    return np.concatenate(chunks, axis=1).reshape(-1, n_ch), int(rate)   # packed 'flt': (1, n * channels)
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    "Float32 samples `x` (n,) or (n, channels) from `sr_in` to `sr_out` Hz, by scipy's polyphase filter."
+    if sr_in == sr_out: return np.asarray(x, np.float32)
+    import math
+    from scipy.signal import resample_poly
+    g = math.gcd(int(sr_in), int(sr_out))
+    return resample_poly(np.asarray(x, np.float64), sr_out // g, sr_in // g, axis=0).astype(np.float32)
+
+# %% ../nbs/01_media.ipynb #e548dc64
+@dataclass
+class Audio:
+    "Mono float32 `samples` at `sr` Hz, decoded from `channels` channels at `source_sr` Hz."
+    samples: np.ndarray
+    sr: int
+    source_sr: int
+    channels: int
+    @property
+    def note(self) -> str:
+        "What loading did, in words ('' when the file was already mono at `sr`)."
+        done = [f'{self.channels} channels averaged'] if self.channels > 1 else []
+        return '; '.join(done + ([f'{self.source_sr} → {self.sr} Hz'] if self.source_sr != self.sr else []))
+
+def read_audio(path, sr: int = 16000) -> Audio:
+    "`path`'s audio as `librosa.load(path, sr=sr)` reads it: channels averaged to mono, resampled to `sr`. Raises `BadInput`."
+    x, rate = decode_audio(path)
+    mono = x[:, 0] if x.shape[1] == 1 else x.mean(1, dtype=np.float64)
+    return Audio(resample(mono, rate, sr), sr, rate, x.shape[1])
+
+def load_audio(path, sr: int = 16000, mono: bool = True) -> np.ndarray:
+    "Float32 samples of `path` at `sr` Hz: (n,) channels averaged when `mono`, else (n, channels). Raises `BadInput`."
+    if mono: return read_audio(path, sr).samples
+    x, rate = decode_audio(path)
+    return resample(x, rate, sr)
 
 def save_wav(dest, samples: np.ndarray, sr: int = 16000) -> Path:
     "Write float samples as 16-bit PCM wav, atomically."

@@ -9,7 +9,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from .core import (BadInput, Layout, Manifest, OutOfSpace, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
-                           failed, is_complete, log, ok, progress, run_stage, setup_logging)
+                           failed, is_complete, log, ok, progress, run_stage, setup_logging, write_json)
+from . import __version__
 
 # %% auto #0
 __all__ = ['STAGES', 'DEFAULT_STAGES', 'NOTEBOOKS', 'Stage', 'RunConfig', 'stage_config', 'apply_settings', 'load_config',
@@ -286,6 +287,8 @@ def effective_after(stage: Stage, names, registry=STAGES) -> set[str]:
 def run_pipeline(run: RunConfig, registry=STAGES, engine=None) -> Manifest:
     "Run the selected stages over every input; return the manifest. Resumable; a bad clip never stops the run."
     root = check_writable(run.output)
+    from talkface.media import check_ffmpeg   # here, not at the top: a worker must set its threads before numpy is first imported
+    ff = check_ffmpeg()          # a chosen ffmpeg that is too old stops the run here, not clip after clip
     names = run.stage_list
     unknown = [n for n in names if n not in {s.name for s in registry}]
     if unknown: raise TalkfaceError('--stages', f"unknown stage(s): {', '.join(unknown)}", f"known: {', '.join(s.name for s in registry)}")
@@ -298,6 +301,7 @@ def run_pipeline(run: RunConfig, registry=STAGES, engine=None) -> Manifest:
             log.warning('audio: %s skipped, no weights at %s (see weights/README.md)', feature, why.split(': ')[0])
     with RunLock(root):
         n_tmp = clean_tmp(root)
+        write_json(root / 'run.json', dict(talkface=__version__, ffmpeg=ff, stages=names))   # what made these outputs
         if n_tmp: log.info('removed %d temporary files left by an interrupted run', n_tmp)
         layout, manifest = Layout(root), Manifest(root)
         inputs = discover(run.input)

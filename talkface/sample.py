@@ -430,7 +430,7 @@ BAD_INPUTS = [
                        "[bg][f]overlay=x='if(lt(t,1.4),440,440+(t-1.4)*1000)':y=110,scale=640:360", *_H264, *_AAC])),
     ('vfr.mp4', 'variable frame rate', 'frame durations that vary from 20 to 47 ms (a phone recording)', _ok(),
      ('ff', lambda c: ['-i', c['base'], '-vf', "settb=1/90000,setpts='(N+0.45*sin(N*0.9))/(29.97*TB)'", '-fps_mode', 'passthrough',
-                       '-enc_time_base', 'filter', *_H264, *_AAC])),
+                       '-enc_time_base', '1/90000', *_H264, *_AAC])),
     ('fps60.mp4', '60 fps', 'a 60 fps clip', _ok(), ('ff', lambda c: ['-i', c['base'], '-vf', 'fps=60', *_H264, *_AAC])),
     ('ten_bit.mp4', '10-bit video', 'H.264 High 10, yuv420p10le', _ok(),
      ('ff', lambda c: ['-i', c['base'], '-c:v', 'libx264', '-preset', 'veryfast', '-pix_fmt', 'yuv420p10le', *_AAC])),

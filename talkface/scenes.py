@@ -213,7 +213,8 @@ def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig,
     for j, (a, b) in enumerate(ranges):
         vin = f'[v{j}]' if k > 1 else '[0:v]'
         lim = ':'.join(([f'start={mid(a):.6f}'] if a > 0 else []) + ([f'end={mid(b):.6f}'] if b < n else []))
-        g.append(f"{vin}{'trim=' + lim + ',' if lim else ''}setpts=PTS-STARTPTS,fps={cfg.fps}"
+        last = f',trim=end_frame={max(_round((at(b) - at(a)) * cfg.fps), 1)}' if b < n else ''   # as many frames as ScenePipe writes
+        g.append(f"{vin}{'trim=' + lim + ',' if lim else ''}setpts=PTS-STARTPTS,fps={cfg.fps}{last}"
                  f"{_even_crop(width, height)},format=yuv420p[ov{j}]")
     args += ['-filter_complex', ';'.join(g + _audio_graph(ranges, at, voiced))]
     for j, d in enumerate(dests):

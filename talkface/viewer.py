@@ -140,7 +140,7 @@ class ClipViewer:
     def annotate(self, i: int) -> np.ndarray:
         "Frame `i` (BGR) with its landmarks and head axes drawn."
         import cv2
-        from talkface.pose import camera_matrix, solve_pose, draw_pose
+        from talkface.pose import head_pose, draw_pose
         f = self.frames[i].copy()
         h, w = f.shape[:2]
         p = self.landmarks[i] if self.landmarks is not None and i < len(self.landmarks) else None
@@ -148,9 +148,7 @@ class ClipViewer:
             r = max(1, int(round(w / 300)))
             for x, y in p: cv2.circle(f, (int(round(x)), int(round(y))), r, (0, 255, 0), -1, cv2.LINE_AA)
             if self.pose is not None and i < len(self.pose):
-                K = camera_matrix(w, h)
-                rv, tv = solve_pose(p, K)
-                f = draw_pose(f, np.r_[rv, tv], K, None)
+                f = draw_pose(f, head_pose(p[None], return_P=True)[1][0])
         if self.box is not None:
             x1, y1, x2, y2 = self.box
             f = f[y1:y2, x1:x2]

@@ -7,7 +7,7 @@ from talkface.sample import demo_sample
 
 BIN = Path(sys.executable).parent
 STAGES = 'scenes,filter,crop,convert,landmarks,pose,aus,audio'
-IGNORED = {'manifest.sqlite', 'manifest.sqlite-wal', 'manifest.sqlite-shm', 'talkface.log', '.talkface.lock'}
+IGNORED = {'run.json', 'manifest.sqlite', 'manifest.sqlite-wal', 'manifest.sqlite-shm', 'talkface.log', '.talkface.lock'}
 
 
 TIMINGS = {'seconds', 'detect_s', 'split_s', 'measure_s'}   # how long a step took: differs from run to run
@@ -54,3 +54,24 @@ def reference(tmp_path_factory):
     inp = make_inputs(d, 2)
     m = run_pipeline(RunConfig(input=str(inp), output=str(d / 'out'), stages=STAGES, workers=2))
     return inp, d / 'out', m.counts()
+
+
+@pytest.fixture(scope='session')
+def handoff_root(tmp_path_factory):
+    """The training hand-off's root: the whole pipeline over the sample, the real HDTF clip (when present) and a corrupt
+    file, then the identity stage, and a tiny random HuBERT's 50 Hz features. Tests that change it work on a copy."""
+    from talkface.audio import AudioConfig, audio_clip, make_random_model
+    from talkface.core import Layout
+    from talkface.identity import identity_root
+    from talkface.media import real_sample
+    d = tmp_path_factory.mktemp('handoff')
+    inp = d / 'input'; inp.mkdir()
+    for p in [demo_sample()] + ([real_sample()] if real_sample() else []): shutil.copy2(p, inp / p.name)
+    (inp / 'broken.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(range(256)) * 40)   # fails at scenes
+    root = d / 'root'
+    run_pipeline(RunConfig(input=str(inp), output=str(root), workers=2)).close()
+    identity_root(root)
+    hub = make_random_model('hubert', d / 'hubert')
+    for p in sorted(Layout(root).dir('videos_25fps').glob('*.mp4')):
+        audio_clip(p.stem, Layout(root), AudioConfig(features=('hubert',), model_path=str(hub), computed_device='cpu'))
+    return inp, root
