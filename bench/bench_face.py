@@ -49,10 +49,10 @@ def make_clips(work: Path, loops: int = 1) -> list[tuple[str, Path, Path]]:
 
 def ours_clip(mp4: Path, decode_threads: int = 0) -> int:
     "Landmarks + pose + AUs of one clip, streamed from its video; returns the frame count."
-    from talkface.landmarks import track_landmarks, iter_source
+    from talkface.landmarks import track_landmarks, tracker_frames
     from talkface.pose import head_pose
     from talkface.aus import geometry_table
-    tr = track_landmarks(iter_source(mp4, threads=decode_threads))     # luma planes, straight from the decoder
+    tr = track_landmarks(tracker_frames(mp4, threads=decode_threads))  # luma planes, straight from the decoder
     pose = head_pose(tr.pts)
     aus, _ = geometry_table(tr.pts, tr.valid, fps=25)
     assert tr.valid.all() and not np.isnan(pose).any() and len(aus) == len(tr)
@@ -61,12 +61,12 @@ def ours_clip(mp4: Path, decode_threads: int = 0) -> int:
 
 def floor_clip(mp4, decode_threads: int = 1) -> int:
     "The least the landmark stage must do per frame: decode it and fit dlib once in the box of the last landmarks."
-    from talkface.landmarks import get_landmarker, iter_source, box_from_landmarks, detect_face
+    from talkface.landmarks import get_landmarker, tracker_frames, box_from_landmarks, detect_face
     from talkface.faces import get_detector
     lm, prev = get_landmarker(), None
-    for n, (_, frame) in enumerate(iter_source(mp4, threads=decode_threads), 1):
-        box = box_from_landmarks(prev) if prev is not None else detect_face(get_detector(), frame)[:4]
-        prev = lm.fit(frame, box)
+    for n, f in enumerate(tracker_frames(mp4, threads=decode_threads), 1):
+        box = box_from_landmarks(prev) if prev is not None else detect_face(get_detector(), f.image)[:4]
+        prev = lm.fit(f.image, box)
     return n
 
 

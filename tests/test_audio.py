@@ -43,10 +43,12 @@ def models(tmp_path_factory):
 
 
 def run_cli(*args):
+    "`talkface audio ARGS` in this process: (exit status, stdout, stderr)."
     import contextlib, io
+    from talkface.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = A.main([str(a) for a in args])
+        rc = main(['audio', *[str(a) for a in args]])
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -86,7 +88,7 @@ def test_mfcc_of_a_stereo_16k_wav_is_python_speech_features_on_the_channel_mean(
     rc, stdout, _ = run_cli('--feature', 'mfcc', '--audio_dir_path', tmp_path / 'in', '--audio_feature_saved_path', tmp_path / 'out')
     assert rc == 0 and '1 ok' in stdout, stdout
     assert np.abs(np.load(tmp_path / 'out' / 'st.npy') - want).max() <= 1e-4
-    m = Manifest(tmp_path / 'out'); row = m.rows('audio_mfcc')[0]; m.close()
+    m = Manifest(tmp_path / 'out'); row = m.rows('audio')[0]; m.close()
     assert row['figures']['audio_in'] == '2 channels averaged'
 
 
@@ -100,7 +102,7 @@ def test_the_originals_stereo_wav_of_the_real_clip_through_the_command(models, t
         out = tmp_path / f'{feat}_features'
         rc, stdout, err = run_cli('--feature', feat, *extra, '--audio_dir_path', d, '--audio_feature_saved_path', out,
                                   '--computed_device', 'cuda', '--padding_to_align_audio', 'True')
-        assert rc == 0 and '1 ok, 0 skipped, 0 failed' in stdout, (feat, stdout, err)
+        assert rc == 0 and '1 clip(s): 1 ok ' in stdout, (feat, stdout, err)
         f = np.load(out / 'FAzSK8PLmGI.npy')
         assert abs(f.shape[-2] - (500 if feat == 'mfcc' else 250)) <= 2, (feat, f.shape)   # 100 Hz and 50 Hz rows over 5 s
 
@@ -192,9 +194,8 @@ def test_stage_all_features_and_skip_existing(sample, models, tmp_path):
         # per video frame, VAD agrees with the truth's voiced flag on most frames
         tv = np.array(A.voiced_frames(truth['voiced_intervals'], F))
         assert (np.array(vad['voiced']) == tv).mean() > 0.75
-    mt = {o: Path(o).stat().st_mtime_ns for o in r.outputs}
-    again = A.audio_clip('clip', lay, cfg)
-    assert again.status == 'ok' and {o: Path(o).stat().st_mtime_ns for o in again.outputs} == mt
+    from talkface.core import is_done
+    assert is_done(r, A.expect_audio('clip', lay, cfg))              # the driver's done rule: a rerun skips this clip
     leftovers = [p for p in tmp_path.rglob('*') if '.tmp-' in p.name]
     assert not leftovers
 
@@ -272,10 +273,10 @@ def test_bad_audio_is_recorded_and_the_batch_goes_on(sample, tmp_path):
     expect = make_bad_corpus(tmp_path / 'in', x[:4 * SR])
     out = tmp_path / 'out'
     rc, stdout, _ = run_cli('--feature', 'mfcc', '--audio_dir_path', tmp_path / 'in', '--audio_feature_saved_path', out)
-    assert rc == 0
+    assert rc == 1                                                   # some files failed: the exit status says so
     assert '3 ok, 1 skipped, 4 failed' in stdout
     m = Manifest(out)
-    rows = {r['clip']: r for r in m.rows('audio_mfcc')}
+    rows = {r['clip']: r for r in m.rows('audio')}
     m.close()
     assert rows['good']['status'] == 'ok' and rows['good']['figures']['audio_in'] == '16 kHz mono, as is'
     assert rows['stereo']['figures']['audio_in'] == '2 channels averaged' and rows['rate8k']['figures']['audio_in'] == '8000 → 16000 Hz'
@@ -285,9 +286,11 @@ def test_bad_audio_is_recorded_and_the_batch_goes_on(sample, tmp_path):
         assert why in reason, (clip, reason)
         assert not (out / f'{clip}.npy').exists()
     assert sorted(p.name for p in out.glob('*.npy')) == ['good.npy', 'rate8k.npy', 'stereo.npy']
-    # the second run skips what exists and retries the rest
+    # the second run finds every file done; --retry_failed runs the failed ones again
     rc, stdout, _ = run_cli('--feature', 'mfcc', '--audio_dir_path', tmp_path / 'in', '--audio_feature_saved_path', out)
-    assert rc == 0 and '3 already done' in stdout
+    assert rc == 1 and '(8 done before)' in stdout, stdout
+    rc, stdout, _ = run_cli('--feature', 'mfcc', '--audio_dir_path', tmp_path / 'in', '--audio_feature_saved_path', out, '--retry_failed')
+    assert rc == 1 and '(4 done before)' in stdout, stdout
 
 
 def test_missing_weights_is_a_clear_error(tmp_path, sample):

@@ -85,9 +85,9 @@ def test_blink_hysteresis():
 
 def test_sample_mouth_and_blinks():
     from talkface.sample import demo_sample, load_truth
-    from talkface.landmarks import track_landmarks, iter_video_frames
+    from talkface.landmarks import track_landmarks, tracker_frames
     s = demo_sample(); t = load_truth(s); cut = t['cut_frame']
-    tr = track_landmarks(iter_video_frames(s))
+    tr = track_landmarks(tracker_frames(s))
     df, rec = geometry_table(tr.pts[:cut], tr.valid[:cut], fps=t['fps'])
     for k in ('AU25_r', 'AU26_r'): assert np.corrcoef(df[k], t['mouth_open'][:cut])[0, 1] >= 0.8
     truth = np.split(t['blink_frames'], np.flatnonzero(np.diff(t['blink_frames']) > 1) + 1)
@@ -160,7 +160,7 @@ def test_openface_missing_binary_is_clear(tmp_path, monkeypatch):
     r = subprocess.run([TALKFACE, 'aus', '--from_dir_path', str(lay.dir('frames')), '--to_dir_path', str(tmp_path / 'au'),
                         '--backend', 'openface', '--openface_bin', '/no/such'], capture_output=True, text=True,
                        env={**os.environ, 'PATH': str(tmp_path)})
-    assert r.returncode == 1 and 'OpenFace is not installed' in r.stderr
+    assert r.returncode == 2 and 'OpenFace is not installed' in r.stderr   # said once, before any clip: a usage error
 
 
 @pytest.mark.skipif(os.name != 'posix', reason='a shell script stands in for OpenFace')
@@ -185,5 +185,5 @@ def test_cli_geometry(tmp_path):
     (lay.dir('frames') / 'b').mkdir()
     out = tmp_path / 'data/specified_formats/videos/facial_action_units'
     r = subprocess.run([TALKFACE, 'aus', '--from_dir_path', str(lay.dir('frames')), '--to_dir_path', str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert 'ok 1' in r.stdout and 'failed 1' in r.stdout and (out / 'a/a.csv').exists() and not (out / 'b').exists()
+    assert r.returncode == 1, r.stderr                             # clip b (no images) failed
+    assert '1 ok' in r.stdout and '1 failed' in r.stdout and (out / 'a/a.csv').exists() and not (out / 'b').exists()

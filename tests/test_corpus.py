@@ -3,16 +3,12 @@ a reason a person understands, no traceback, and no output where a stage did not
 import re, shutil, subprocess
 from pathlib import Path
 import pytest
-from talkface.core import Layout, Manifest, clip_id, discover, is_complete
-from talkface.pipeline import STAGES as REGISTRY
+from talkface.core import Layout, Manifest, clip_id, discover, is_complete, stage_order
 from talkface.sample import BAD_INPUTS, demo_sample, load_expectations, make_bad_inputs
 from conftest import BIN
 
-ORDER = [s.name for s in REGISTRY]
-# the layout folders each stage writes into
-STAGE_DIRS = {'scenes': ['scenes'], 'filter': ['raw'], 'crop': ['cropped'], 'convert': ['videos_25fps', 'audios_16k', 'frames'],
-              'landmarks': ['landmarks'], 'pose': ['pose_data', 'pose_vis'], 'aus': ['aus'],
-              'audio': ['mfcc', 'hubert', 'whisper', 'vad']}
+ORDER = [s.name for s in stage_order()]
+STAGE_DIRS = {s.name: list(s.outputs) for s in stage_order()}   # the layout folders each stage writes into, as it declares them
 GOOD = ('good_a.mp4', 'good_b.mp4')
 RAW_ERROR = re.compile(r'Traceback|Errno|\b[A-Z][A-Za-z]*(Error|Exception)\b|unexpected |File "')
 
@@ -60,7 +56,7 @@ def outcomes(c, name) -> list[tuple[str, str, str]]:
 
 def test_the_run_completes_without_tracebacks(corpus):
     r = corpus['run']
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 1, r.stderr[-3000:]                       # some inputs fail (that is the corpus): the run says so
     for text in (r.stdout, r.stderr, corpus['status'].stdout, corpus['status'].stderr):
         assert 'Traceback' not in text, text[-3000:]
     assert corpus['status'].returncode == 0

@@ -6,7 +6,7 @@ import pytest
 from talkface.core import Layout, Manifest, TMP_TAG, run_stage
 from talkface.media import ffpath, iter_frames, probe, real_sample, run_ffmpeg
 from talkface.sample import demo_sample, load_truth
-from talkface.scenes import scenes_clip, small_frames
+from talkface.scenes import scenes_clip
 from talkface.crop import CropConfig, crop_clip, find_crop_box, square_box
 
 TALKFACE = str(Path(sys.executable).parent / 'talkface')
@@ -56,22 +56,22 @@ def test_sample_crops_are_even_squares_holding_the_truth_face_in_every_frame(sce
 @pytest.mark.skipif(REAL is None, reason='the real HDTF clip is not available')
 def test_real_clip_crop_contains_the_whole_face():
     box = find_crop_box(REAL, CropConfig(skip_per_frame=5))
-    assert box['faces_max'] == 1 and box['drift'] < 0.1 and len(box['boxes']) == 30
-    x, y, s = box['x'], box['y'], box['side']
+    assert box.faces_max == 1 and box.drift < 0.1 and len(box.boxes) == 30
+    x, y, s = box.x, box.y, box.side
     # every detected face box on every 5th frame, widened by 10% on each side, lies inside the square
-    b = np.array(box['boxes']); w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    b = np.array(box.boxes); w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     wide = np.stack([b[:, 0] - .1 * w, b[:, 1] - .1 * h, b[:, 2] + .1 * w, b[:, 3] + .1 * h], 1)
     assert inside(x, y, s, wide)
 
 
 def test_square_geometry():
-    assert square_box([[540, 260, 740, 460]], 1280, 720)['filter'] == 'crop=320:320:480:200'
-    assert square_box([[1200, 0, 1280, 80]], 1280, 720)['filter'] == 'crop=128:128:1152:0'      # shifted inside, top right
-    big = square_box([[0, 0, 640, 360]], 640, 360, expanded_ratio=1.0)                         # 1280 px square on a 640x360 frame
-    assert big['side'] == 1280 and big['pad'] == [1280, 1280, 320, 460]
-    assert big['filter'] == 'pad=1280:1280:320:460:black,crop=1280:1280:0:0'
+    assert square_box([[540, 260, 740, 460]], 1280, 720).filter == 'crop=320:320:480:200'
+    assert square_box([[1200, 0, 1280, 80]], 1280, 720).filter == 'crop=128:128:1152:0'      # shifted inside, top right
+    big = square_box([[0, 0, 640, 360]], 640, 360, expanded_ratio=1.0)                       # 1280 px square on a 640x360 frame
+    assert big.side == 1280 and big.pad == [1280, 1280, 320, 460]
+    assert big.filter == 'pad=1280:1280:320:460:black,crop=1280:1280:0:0'
     odd = square_box([[300, 200, 341, 279]], 641, 479)
-    assert odd['side'] % 2 == 0 and odd['x'] % 2 == 0 and odd['y'] % 2 == 0
+    assert odd.side % 2 == 0 and odd.x % 2 == 0 and odd.y % 2 == 0
 
 
 def test_a_square_larger_than_the_frame_is_padded_black_around_the_frame(scenes, tmp_path):
@@ -101,7 +101,7 @@ def test_drift_is_flagged_or_dropped(scenes, tmp_path):
     lay = Layout(tmp_path); lay.dir('raw').mkdir(parents=True); os.link(scenes[0], lay.path('raw', 'a', '.mp4'))
     r = crop_clip('a', lay, CropConfig(max_drift=0.01, encode=False))
     assert r.ok and r.figures['drifting'] and r.figures['drift'] > 0.01
-    r = crop_clip('a', lay, CropConfig(max_drift=0.01, drift_action='drop', overwrite=True))
+    r = crop_clip('a', lay, CropConfig(max_drift=0.01, drift_action='drop'))
     assert r.status == 'skipped' and 'drifts' in r.reason and 'a.mp4' in r.reason
     assert list(lay.dir('cropped').iterdir()) == []
 
@@ -117,8 +117,8 @@ def test_rotated_video_box_is_in_upright_pixels(scenes, tmp_path):
         mp.delenv('TALKFACE_FFMPEG', raising=False)
         run_ffmpeg(['-display_rotation', '90', '-i', ffpath(s0), '-c', 'copy', ffpath(side)], flat)
     a, b = find_crop_box(flat), find_crop_box(side)
-    assert (b['width'], b['height']) == (360, 640)
-    assert abs(a['x'] - b['x']) <= 4 and abs(a['y'] - b['y']) <= 4 and abs(a['side'] - b['side']) <= 4
+    assert (b.width, b.height) == (360, 640)
+    assert abs(a.x - b.x) <= 4 and abs(a.y - b.y) <= 4 and abs(a.side - b.side) <= 4
     lay = Layout(tmp_path / 'o'); lay.dir('raw').mkdir(parents=True)
     os.link(side, lay.path('raw', 'side', '.mp4')); os.link(flat, lay.path('raw', 'flat', '.mp4'))
     crop_clip('side', lay, CropConfig(size=256)); crop_clip('flat', lay, CropConfig(size=256))
@@ -144,7 +144,7 @@ def test_bad_clips_skip_with_reasons_and_leave_nothing(scenes, tmp_path):
     out = tmp_path / 'out'
     r = subprocess.run([TALKFACE, 'crop', '--from_dir_prefix', str(inp), '--output_dir_prefix', str(out), '--expanded_ratio', '0.6'],
                        capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr                                  # zero.mp4 failed: the command says so
     m = Manifest(out)
     want = {'no face': ('skipped', 'no face found in any of the'), 'leaves': ('skipped', 'leaves the frame'),
             'zero': ('failed', 'file is empty'), 'two faces': ('ok', ''), 'odd': ('ok', ''), 'portrait': ('ok', '')}
@@ -171,5 +171,7 @@ def test_seed_command_crops_a_folder_like_the_original(scenes, tmp_path):
     assert r.returncode == 0, r.stderr
     p = probe(out / 'FAzSK8PLmGI.mp4')
     assert p.width == p.height and p.has_audio and abs(p.fps - probe(scenes[1]).fps) < 1e-6
+    before = Manifest(out).rows('crop')[0]['updated']
     r2 = subprocess.run([TALKFACE, 'crop', '--from_dir_prefix', str(raw), '--output_dir_prefix', str(out)], capture_output=True, text=True)
-    assert r2.returncode == 0 and Manifest(out).get('FAzSK8PLmGI', 'crop').figures.get('existing')   # skipped: already there
+    assert r2.returncode == 0 and '1 ok (1 done before)' in r2.stdout, r2.stdout      # skipped: already done
+    assert Manifest(out).rows('crop')[0]['updated'] == before

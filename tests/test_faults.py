@@ -66,7 +66,7 @@ def test_hung_ffmpeg_is_stopped_by_the_timeout_and_recorded(tmp_path):
     t0 = time.time()
     r = talkface('run', '--input', inp, '--output', tmp_path / 'out', '--stages', 'scenes', '--workers', 1, env=env)
     took = time.time() - t0
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 1, r.stderr[-2000:]                    # the clip failed: the run says so
     row = rows(tmp_path / 'out')[('sample0', 'scenes')]
     assert row['status'] == 'failed' and 'sample0.mp4: scene split timed out after 3 s' in row['reason'], row['reason']
     assert 'Traceback' not in r.stderr + r.stdout

@@ -6,6 +6,7 @@ from talkface.core import Layout, Manifest, TMP_TAG, run_stage
 from talkface.media import ffpath, probe, real_sample, run_ffmpeg
 from talkface.sample import demo_sample, load_truth
 import talkface.filters as F
+from talkface.cli import main as talkface
 from talkface.filters import FilterConfig, decide, filter_clip, measure
 from talkface.scenes import scenes_clip
 
@@ -50,7 +51,7 @@ def test_hands_score_is_absent_with_a_reason_without_mediapipe(scores, monkeypat
         assert all(s['hand_ratio'] is None and 'mediapipe' in s['hands_reason'] for s in scores)
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: object() if name == 'mediapipe' else None)
     lm, why = F.hands_backend(FilterConfig(hands_model='/nowhere/hand_landmarker.task'))
-    assert lm is None and '/nowhere/hand_landmarker.task is missing' in why
+    assert lm is None and '/nowhere/hand_landmarker.task: is missing' in why
 
 
 def test_decisions_name_every_broken_rule(scores):
@@ -65,16 +66,19 @@ def test_decisions_name_every_broken_rule(scores):
     assert decide(s, FilterConfig(min_duration=0, min_size=0, min_face_ratio=0, min_face_size=0, min_blur=0, min_speech_ratio=0))[0]
 
 
-def test_kept_clips_are_linked_and_new_thresholds_reuse_stored_scores(scenes, tmp_path, monkeypatch):
+def test_kept_clips_are_copied_and_new_thresholds_reuse_stored_scores(scenes, tmp_path, monkeypatch):
     inp, out = tmp_path / 'in', tmp_path / 'out'
     inp.mkdir()
     for s in scenes: os.link(s, inp / s.name)
-    args = ['--before_filtering_dir', str(inp), '--after_filtering_dir', str(out), '--min_duration', '2', '--min_size', '10']
-    assert F.main(args) == 0
+    args = ['filter', '--before_filtering_dir', str(inp), '--after_filtering_dir', str(out), '--min_duration', '2', '--min_size', '10']
+    assert talkface(args) == 0
     assert sorted(p.name for p in out.glob('*.mp4')) == sorted(s.name for s in scenes)
-    assert all((out / s.name).samefile(s) for s in scenes)                   # hard links, not copies
+    assert not any((out / s.name).samefile(s) for s in scenes)             # copies, never the input's own inode
+    assert all((out / s.name).read_bytes() == s.read_bytes() for s in scenes)
     monkeypatch.setattr(F, 'measure', lambda *a, **k: (_ for _ in ()).throw(AssertionError('scores recomputed')))
-    assert F.main(args[:-4] + ['--min_duration', '4']) == 0                    # 3 s scene 2 is now too short
+    assert talkface(args[:-4] + ['--min_duration', '4']) == 0                 # done clips stay done: nothing to decide
+    assert len(list(out.glob('*.mp4'))) == 2
+    assert talkface(args[:-4] + ['--min_duration', '4', '--overwrite']) == 0  # 3 s scene 2 is now too short
     assert [p.name for p in out.glob('*.mp4')] == [scenes[0].name]
     m = Manifest(out)
     r = m.get(scenes[1].stem, 'filter')
@@ -82,17 +86,18 @@ def test_kept_clips_are_linked_and_new_thresholds_reuse_stored_scores(scenes, tm
     assert r.figures['speech_ratio'] > 0 and r.figures['kept'] is False
     m.close()
     monkeypatch.undo()
-    assert F.main(args + ['--overwrite']) == 0                                 # recompute on request
+    assert talkface(args + ['--overwrite', '--rescore']) == 0                  # measure again on request
     assert len(list(out.glob('*.mp4'))) == 2
 
 
-def test_copies_where_links_fail(scenes, tmp_path, monkeypatch):
-    import talkface.scenes as S
-    monkeypatch.setattr(S.os, 'link', lambda *a: (_ for _ in ()).throw(OSError('cross-device link')))
+def test_a_kept_clip_is_a_copy_editing_it_leaves_the_input_alone(scenes, tmp_path):
     lay = Layout(tmp_path)
-    r = filter_clip(scenes[0].stem, lay, src=scenes[0])
-    assert r.ok and r.figures['how'] == 'copy' and not Path(r.outputs[0]).samefile(scenes[0])
-    assert Path(r.outputs[0]).read_bytes() == scenes[0].read_bytes()
+    src = tmp_path / 'input.mp4'
+    src.write_bytes(scenes[0].read_bytes())
+    r = filter_clip(scenes[0].stem, lay, src=src)
+    assert r.ok and r.figures['how'] in ('reflink', 'copy') and not Path(r.outputs[0]).samefile(src)
+    with open(r.outputs[0], 'r+b') as f: f.write(b'edited in place')
+    assert src.read_bytes() == scenes[0].read_bytes()
 
 
 def test_bad_clips_get_reasons_and_the_batch_goes_on(scenes, tmp_path):
@@ -109,7 +114,7 @@ def test_bad_clips_get_reasons_and_the_batch_goes_on(scenes, tmp_path):
     out = tmp_path / 'out'
     r = subprocess.run([TALKFACE, 'filter', '--before_filtering_dir', str(inp), '--after_filtering_dir', str(out)],
                        capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr                                      # zero.mp4 failed; the others went on
     m = Manifest(out)
     want = {'mute': ('skipped', 'no audio stream'), 'one frame': ('skipped', 'too short: duration'),
             '-faceless': ('skipped', 'no face in any sampled frame'), 'zero': ('failed', 'file is empty'),

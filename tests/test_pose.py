@@ -60,9 +60,9 @@ def test_no_wrap_around():
 
 def test_ground_truth_sample_roll():
     from talkface.sample import demo_sample, load_truth
-    from talkface.landmarks import track_landmarks, iter_video_frames
+    from talkface.landmarks import track_landmarks, tracker_frames
     s = demo_sample(); t = load_truth(s); cut = t['cut_frame']
-    tr = track_landmarks(iter_video_frames(s))
+    tr = track_landmarks(tracker_frames(s))
     pose = head_pose(tr.pts)
     assert np.abs(pose[:cut, 2] - t['roll'][:cut]).mean() < 2
     assert np.corrcoef(pose[:cut, 2], t['roll'][:cut])[0, 1] > 0.9
@@ -107,8 +107,8 @@ def test_real_clip_in_3ddfa_frame():
     "The real HDTF presenter looks about straight into the camera: yaw and roll near 0, pitch a few degrees positive."
     src = real_sample()
     if src is None: pytest.skip('the real HDTF sample clip is not here (set TALKFACE_REAL_SAMPLE)')
-    from talkface.landmarks import track_landmarks, iter_video_frames
-    pose = head_pose(track_landmarks(iter_video_frames(src)).pts)
+    from talkface.landmarks import track_landmarks, tracker_frames
+    pose = head_pose(track_landmarks(tracker_frames(src)).pts)
     assert not np.isnan(pose).any()
     m = pose.mean(0)
     assert abs(m[0]) < 5 and abs(m[2]) < 5 and 2 < m[1] < 12
@@ -122,7 +122,7 @@ def test_cli(tmp_path):
     out = tmp_path / 'pose'
     r = subprocess.run([TALKFACE, 'pose', '--video_frames_dir', str(fr), '--visualization_dir', str(out / 'vis'),
                         '--pose_data_dir', str(out / 'data'), '--fps', '25'], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert 'ok 1' in r.stdout and 'failed 1' in r.stdout and 'empty: failed:' in r.stdout and 'holds no images' in r.stdout
+    assert r.returncode == 1, r.stderr                             # clip 'empty' failed
+    assert '1 ok' in r.stdout and '1 failed' in r.stdout and 'empty: pose: failed:' in r.stdout and 'holds no images' in r.stdout, r.stdout
     assert np.load(out / 'data/a.npy').shape == (3, 3) and (out / 'vis/a.mp4').exists()
     assert not (out / 'data/empty.npy').exists()

@@ -33,7 +33,7 @@ def test_report_command(reference):
     r = subprocess.run([str(BIN / 'talkface'), 'report', str(root)], capture_output=True, text=True)
     assert r.returncode == 0 and 'report.html' in r.stdout
     r = subprocess.run([str(BIN / 'talkface'), 'report', str(root / 'nowhere')], capture_output=True, text=True)
-    assert r.returncode == 1 and 'no manifest here' in r.stderr
+    assert r.returncode == 2 and 'no manifest here' in r.stderr            # a root without a manifest: a usage error
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):

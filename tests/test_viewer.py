@@ -1,7 +1,8 @@
 "ClipViewer: rendering without a browser, PNG output, the widget, and gathering a clip's outputs from a layout."
 import cv2, numpy as np, pytest
 from talkface.core import Layout
-from talkface.viewer import ClipViewer, FrameSource
+from talkface.media import FrameReader
+from talkface.viewer import ClipViewer
 from talkface.faces import grace_hopper
 
 
@@ -50,8 +51,8 @@ def test_frame_source_video_seek(tmp_path):
     d = tmp_path / 'f'; d.mkdir()
     for i in range(30): cv2.imwrite(str(d / f'{i + 1:06d}.png'), np.full((64, 64, 3), i * 8, np.uint8))
     run_ffmpeg(['-framerate', 25, '-i', ffpath(d) + '/%06d.png', '-c:v', 'libx264', '-g', 10, '-pix_fmt', 'yuv420p', ffpath(vid)], vid)
-    fs = FrameSource(vid)
-    assert len(fs) == 30 and len(FrameSource(d)) == 30
+    fs = FrameReader(vid)
+    assert len(fs) == 30 and len(FrameReader(d)) == 30
     for i in (17, 18, 3, 29, 0):
         assert abs(int(fs[i].mean()) - int(read_frame(vid, i).mean())) <= 1 and abs(int(fs[i].mean()) - i * 8) <= 3
 
