@@ -103,6 +103,7 @@ def run_stage(fn: Callable, *args, **kwargs) -> StageResult:
                            out_of_space=True)
     except Exception as e: res = _unexpected(fn, args, e)
     res.seconds = round(time.perf_counter() - t0, 4)
+    res.reason = shown(res.reason)          # a file name that is not UTF-8 stays printable and storable
     return res
 
 # %% ../nbs/00_core.ipynb #5c90ca54
@@ -132,10 +133,13 @@ def discover(src, takes='video') -> dict[str, Path]:
     if src.is_file(): files = [src]
     else: files = sorted(p for p in src.iterdir() if not p.name.startswith('.') and (
         (p.is_file() and p.suffix.lower() in exts) or (takes == 'frames' and p.is_dir())))
+    ids = {p: clip_id(p) if p.is_file() else clip_id(p.name + '.x') for p in files}
     out = {}
     for p in files:
-        cid = clip_id(p) if p.is_file() else clip_id(p.name + '.x')
-        if cid in out: cid = f"{cid}_{p.suffix.lower().lstrip('.')}"  # a.mp4 and a.mov both become clips
+        cid = ids[p]
+        # a.mp4 and a.mov both become clips; so do a.mp4 and a-Scene-001.mp4, whose id is a scene of a.mp4's
+        if cid in out or any(cid.startswith(o + '-Scene-') for o in ids.values() if o != cid):
+            cid = f"{cid}_{p.suffix.lower().lstrip('.')}"
         out[cid] = p.resolve()
     return out
 

@@ -52,7 +52,7 @@ def _share_cores(threads: int):
 
 # %% ../nbs/11a_engines.ipynb #5bfa6c3d
 def _init_worker(threads: int):
-    _share_cores(threads)
+    if threads: _share_cores(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the driver's to handle: it stops the workers
 
 # %% ../nbs/11a_engines.ipynb #c0e198be
@@ -108,7 +108,7 @@ class LocalEngine:
     def __init__(self, workers: int = 0, threads: int = 0, isolate: bool = True):
         self.workers = workers or os.cpu_count() or 1
         self.isolate = isolate or self.workers > 1
-        self.threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
+        self.threads = threads or (max(1, (os.cpu_count() or 1) // self.workers) if self.workers > 1 else 0)   # one worker: the libraries' choice
         self.pool, self.queue = [], []
         if not self.isolate and threads: _share_cores(threads)
 

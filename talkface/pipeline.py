@@ -15,9 +15,9 @@ from . import __version__
 from .engines import LocalEngine, RayEngine, Task
 
 # %% auto #0
-__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'prepare', 'check', 'effective_after', 'plan',
-           'RunLock', 'check_writable', 'input_size', 'place_inputs', 'Driver', 'spawnable', 'make_engine',
-           'run_pipeline']
+__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'prepare', 'check_input', 'check',
+           'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size', 'place_inputs', 'Driver', 'spawnable',
+           'make_engine', 'run_pipeline']
 
 # %% ../nbs/11_pipeline.ipynb #fcf35c9d
 @dataclass
@@ -101,10 +101,21 @@ def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
         if s.prepare: notes += s.prepare(c, run) or []
     return notes
 
+# %% ../nbs/11_pipeline.ipynb #e59f7ef1
+def check_input(run: RunConfig, stages: list[Stage]):
+    "Refuse an input inside a talkface output root (a folder holding a manifest) when the run starts by splitting: its clips would be split again."
+    if not run.input or not stages or not stages[0].fanout: return
+    p = Path(run.input).resolve()
+    root = next((q for q in [p, *p.parents] if (q / 'manifest.sqlite').exists() or q == Path(run.output).resolve()), None)
+    if root is not None:
+        raise TalkfaceError(run.input, f'is inside the output root {root}: these are talkface\'s own clips',
+                            f'give the folder of the original videos, or start later (--stages {stages[1].name if len(stages) > 1 else "filter"},...) to reuse them')
+
 # %% ../nbs/11_pipeline.ipynb #da762781
 def check(run: RunConfig, stages: list[Stage]):
     "The run's and its stages' settings against their types and limits, then each stage's `check`: raises before any clip runs when they cannot work."
     check_settings(run)
+    check_input(run, stages)
     for s in stages: check_settings(stage_config(run, s), s.name)
     for s in stages:
         if s.check: s.check(stage_config(run, s))
