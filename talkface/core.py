@@ -253,7 +253,10 @@ def write_text(dest, text: str) -> Path:
 # %% ../nbs/00_core.ipynb #3c181ec8
 def write_json(dest, obj) -> Path:
     "Write `obj` as indented JSON to `dest` atomically (numpy arrays, paths and dataclasses included)."
-    return write_text(dest, json.dumps(obj, indent=1, ensure_ascii=False, default=_jsonable))
+    text = json.dumps(obj, indent=1, ensure_ascii=False, default=_jsonable)
+    try: data = text.encode('utf-8')
+    except UnicodeEncodeError: data = json.dumps(obj, indent=1, default=_jsonable).encode()   # a name that is not UTF-8: \udcxx escapes, read back exactly
+    return write_bytes(dest, data)
 
 # %% ../nbs/00_core.ipynb #2b3030b4
 def save_npy(dest, arr) -> Path:
