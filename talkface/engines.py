@@ -8,7 +8,7 @@ import dataclasses, logging, os, signal, sys
 from dataclasses import dataclass
 from pathlib import Path
 from fastcore.basics import patch
-from .core import Layout, Stage, StageResult, failed, log, run_stage, shown
+from .core import FOLDERS, Layout, Stage, StageResult, failed, log, run_stage, shown
 
 # %% auto #0
 __all__ = ['Task', 'execute', 'die_with_parent', 'worker_loop', 'Worker', 'crash_reason', 'LocalEngine', 'RayEngine']
@@ -37,6 +37,7 @@ def _worker_logging(root):
 def execute(task: Task, layout: Layout, run, stage: Stage) -> StageResult:
     "Run one task in the current process with `run`'s settings for `stage` (what every engine's workers call)."
     _worker_logging(layout.root)
+    for kind, folder in stage.outputs.items(): FOLDERS.setdefault(kind, folder)   # a stage declared at run time, not in the package
     cfg = run.stage_configs.get(stage.name) or stage.config()
     if stage.fanout:   # named by the run's clip id, so that a.mp4 and a.mov (clips 'a' and 'a_mov') never share outputs
         return run_stage(lambda a: stage.func(a, layout, cfg, name=task.clip), Path(task.source))
