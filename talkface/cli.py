@@ -475,4 +475,7 @@ def main(argv: list[str]|None = None) -> int:
         except TalkfaceError as e: return refused(cmd, e)
     try: rc = COMMANDS[cmd][0](rest) if cmd in COMMANDS else stage_command(stages[cmd], rest)
     except SystemExit as e: rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except KeyboardInterrupt:                # Ctrl-C: the workers are stopped, what finished is recorded; one line, no traceback
+        print(f'talkface {cmd}: interrupted; finished outputs are kept, run the same command to resume', file=sys.stderr)
+        return 130
     return int(rc or 0)

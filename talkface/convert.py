@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 import numpy as np
-from .core import (BadInput, Layout, Stage, StageResult, TalkfaceError, atomic_path, check_alignment, feats_per_frame,
+from .core import (X264_PRESETS, BadInput, Layout, Stage, StageResult, TalkfaceError, atomic_path, check_alignment, feats_per_frame,
                            is_complete, ok, register)
 from .media import PPM_PIPE, ffmpeg_frames, ffpath, probe, run_ffmpeg
 
@@ -30,6 +30,7 @@ class ConvertConfig:
     preset: str = 'ultrafast'        # x264 preset (crf keeps the quality; the PNG frames dwarf the mp4's size)
     crf: int = 18
     tolerance: int = 1               # frames allowed between the video and round(fps x audio duration)
+    limits = dict(fps=(1, 240), sample_rate=(8000, 192000), preset=X264_PRESETS, crf=(0, 51), tolerance=(0, 1000))   # what is allowed, checked before any work (core.check_settings)
 
 # %% ../nbs/06_convert.ipynb #591cec21
 def convert_input(clip: str, layout: Layout, src=None, box: dict|None = None) -> tuple[Path, dict|None]:

@@ -4,27 +4,40 @@
 
 # %% ../nbs/00_core.ipynb #6e15867f
 from __future__ import annotations
-import contextlib, dataclasses, errno, json, logging, math, os, re, shutil, sqlite3, sys, time, traceback, unicodedata
+import contextlib, dataclasses, errno, hashlib, json, logging, math, os, re, shutil, sqlite3, sys, time, traceback, unicodedata, urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DISK_FULL', 'STATUSES', 'log', 'VIDEO_EXTS', 'AUDIO_EXTS', 'IMAGE_EXTS', 'TAKES', 'FOLDERS', 'TMP_TAG', 'FICLONE',
-           'FPS', 'SR', 'STAGES', 'TalkfaceError', 'BadInput', 'MissingWeights', 'Skip', 'OutOfSpace', 'StageResult',
-           'ok', 'skipped', 'failed', 'run_stage', 'clip_id', 'discover', 'Layout', 'tmp_name', 'atomic_path',
-           'write_bytes', 'write_text', 'write_json', 'save_npy', 'clean_tmp', 'link_or_copy', 'is_complete', 'is_done',
-           'Manifest', 'previous', 'progress', 'run_each', 'setup_logging', 'package_dir', 'weights_dir',
-           'require_weights', 'wheel_file', 'feats_per_frame', 'n_video_frames', 'fit_length', 'frame_window',
-           'check_alignment', 'Stage', 'register', 'load_stages', 'stage_order']
+__all__ = ['DISK_FULL', 'STATUSES', 'log', 'VIDEO_EXTS', 'AUDIO_EXTS', 'IMAGE_EXTS', 'ID_BYTES', 'TAKES', 'FOLDERS', 'TMP_TAG',
+           'FICLONE', 'COLUMNS', 'FPS', 'SR', 'STAGES', 'X264_PRESETS', 'shown', 'TalkfaceError', 'BadInput',
+           'MissingWeights', 'Skip', 'OutOfSpace', 'StageResult', 'ok', 'skipped', 'failed', 'run_stage', 'clip_id',
+           'discover', 'Layout', 'tmp_name', 'atomic_path', 'write_bytes', 'write_text', 'write_json', 'save_npy',
+           'clean_tmp', 'link_or_copy', 'is_complete', 'size_of', 'is_done', 'Manifest', 'replay', 'previous',
+           'progress', 'run_each', 'setup_logging', 'package_dir', 'weights_dir', 'require_weights', 'wheel_file',
+           'feats_per_frame', 'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'Stage', 'register',
+           'load_stages', 'stage_order', 'type_ok', 'check_settings']
+
+# %% ../nbs/00_core.ipynb #f67a4892
+os.environ.setdefault('ORT_DISABLE_TELEMETRY', '1')
+
+# %% ../nbs/00_core.ipynb #d8201720
+def shown(path) -> str:
+    "The spelling of a file name (or any text) for people and records: bytes that are not UTF-8 as `\\xff`."
+    s = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if isinstance(s, str):
+        try: s = s.encode('utf-8', 'surrogateescape')
+        except UnicodeEncodeError: s = s.encode('utf-8', 'backslashreplace')
+    return s.decode('utf-8', 'backslashreplace')
 
 # %% ../nbs/00_core.ipynb #2327499f
 class TalkfaceError(Exception):
     "An error a user can act on: it names the file, the reason and, when known, what to do."
     def __init__(self, path, reason: str, hint: str = ''):
-        self.path, self.reason, self.hint = str(path), reason, hint
-        super().__init__(f"{path}: {reason}" + (f" ({hint})" if hint else ''))
+        self.path, self.reason, self.hint = shown(str(path)), shown(reason), shown(hint)
+        super().__init__(f"{self.path}: {self.reason}" + (f" ({self.hint})" if hint else ''))
 
 # %% ../nbs/00_core.ipynb #6ed0ab06
 class BadInput(TalkfaceError): "The input file can't be used: empty, corrupt, truncated or missing a stream."
@@ -51,6 +64,7 @@ class StageResult:
     figures: dict = field(default_factory=dict)
     outputs: list = field(default_factory=list)
     seconds: float = 0.0
+    sizes: dict = field(default_factory=dict)   # a manifest row's: what its outputs measured when recorded (see `size_of`)
     def __post_init__(self): assert self.status in STATUSES, self.status
     @property
     def ok(self): return self.status == 'ok'
@@ -89,18 +103,22 @@ def run_stage(fn: Callable, *args, **kwargs) -> StageResult:
                            out_of_space=True)
     except Exception as e: res = _unexpected(fn, args, e)
     res.seconds = round(time.perf_counter() - t0, 4)
+    res.reason = shown(res.reason)          # a file name that is not UTF-8 stays printable and storable
     return res
 
 # %% ../nbs/00_core.ipynb #5c90ca54
 VIDEO_EXTS = ('.mp4', '.mov', '.mkv', '.webm', '.avi')
 AUDIO_EXTS = ('.wav', '.flac', '.mp3', '.m4a', '.aac', '.ogg', '.opus')
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
+ID_BYTES = 200   # a longer id is cut to 150 bytes and a hash: its outputs' names, with suffixes and temp tags, stay under 255
 
 def clip_id(path) -> str:
-    "A clip id from a file name: its stem, NFC-normalised, safe as one path component."
-    stem = unicodedata.normalize('NFC', Path(path).stem)
-    stem = re.sub(r'[\x00-\x1f\x7f/\\]', '_', stem).strip()
+    "A clip id from a file name: its stem as `shown`, NFC-normalised, safe as one path component; a long one cut, with a hash of the whole."
+    stem = unicodedata.normalize('NFC', shown(Path(path).stem))
+    stem = re.sub(r'[\x00-\x1f\x7f/]', '_', stem).strip()
     if stem in ('', '.', '..') or stem.startswith('.'): stem = '_' + stem.lstrip('.')
+    b = stem.encode('utf-8')
+    if len(b) > ID_BYTES: stem = b[:150].decode('utf-8', 'ignore') + '~' + hashlib.blake2b(b, digest_size=4).hexdigest()
     return stem
 
 # %% ../nbs/00_core.ipynb #021ce173
@@ -115,10 +133,13 @@ def discover(src, takes='video') -> dict[str, Path]:
     if src.is_file(): files = [src]
     else: files = sorted(p for p in src.iterdir() if not p.name.startswith('.') and (
         (p.is_file() and p.suffix.lower() in exts) or (takes == 'frames' and p.is_dir())))
+    ids = {p: clip_id(p) if p.is_file() else clip_id(p.name + '.x') for p in files}
     out = {}
     for p in files:
-        cid = clip_id(p) if p.is_file() else clip_id(p.name + '.x')
-        if cid in out: cid = f"{cid}_{p.suffix.lower().lstrip('.')}"  # a.mp4 and a.mov both become clips
+        cid = ids[p]
+        # a.mp4 and a.mov both become clips; so do a.mp4 and a-Scene-001.mp4, whose id is a scene of a.mp4's
+        if cid in out or any(cid.startswith(o + '-Scene-') for o in ids.values() if o != cid):
+            cid = f"{cid}_{p.suffix.lower().lstrip('.')}"
         out[cid] = p.resolve()
     return out
 
@@ -232,7 +253,10 @@ def write_text(dest, text: str) -> Path:
 # %% ../nbs/00_core.ipynb #3c181ec8
 def write_json(dest, obj) -> Path:
     "Write `obj` as indented JSON to `dest` atomically (numpy arrays, paths and dataclasses included)."
-    return write_text(dest, json.dumps(obj, indent=1, ensure_ascii=False, default=_jsonable))
+    text = json.dumps(obj, indent=1, ensure_ascii=False, default=_jsonable)
+    try: data = text.encode('utf-8')
+    except UnicodeEncodeError: data = json.dumps(obj, indent=1, default=_jsonable).encode()   # a name that is not UTF-8: \udcxx escapes, read back exactly
+    return write_bytes(dest, data)
 
 # %% ../nbs/00_core.ipynb #2b3030b4
 def save_npy(dest, arr) -> Path:
@@ -308,52 +332,123 @@ def is_complete(path) -> bool:
         return True
     except (OSError, ValueError): return False
 
+# %% ../nbs/00_core.ipynb #02757616
+def size_of(path):
+    "What an output measures: the bytes of a file, `[files, bytes]` of a folder (hidden files left out), None when it is gone."
+    p = Path(path)
+    try:
+        if not p.is_dir(): return p.stat().st_size
+        sizes = [e.stat().st_size for e in os.scandir(p) if e.is_file() and not e.name.startswith('.')]
+        return [len(sizes), sum(sizes)]
+    except OSError: return None
+
 # %% ../nbs/00_core.ipynb #f95b0ad6
 def is_done(row: StageResult|None, expected=()) -> bool:
-    "The skip-existing rule: `row` (a manifest row) is ok and its outputs, and the `expected` ones, are all complete."
-    return row is not None and row.status == 'ok' and all(is_complete(o) for o in [*row.outputs, *expected])
+    "The skip-existing rule: `row` (a manifest row) is ok, its outputs and the `expected` ones are complete, and each measures what it did when recorded."
+    return (row is not None and row.status == 'ok' and all(is_complete(o) for o in [*row.outputs, *expected])
+            and all(size_of(o) == s for o, s in row.sizes.items()))
 
 # %% ../nbs/00_core.ipynb #e5bd486c
+COLUMNS = ('clip', 'stage', 'status', 'reason', 'seconds', 'figures', 'outputs', 'source', 'updated', 'sizes')
 _SCHEMA = """CREATE TABLE IF NOT EXISTS results (
   clip TEXT NOT NULL, stage TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, seconds REAL,
-  figures TEXT, outputs TEXT, source TEXT, updated REAL, PRIMARY KEY (clip, stage))"""
+  figures TEXT, outputs TEXT, source TEXT, updated REAL, sizes TEXT, PRIMARY KEY (clip, stage))"""
 
 class Manifest:
-    "One row per clip × stage in `<root>/manifest.sqlite`."
-    def __init__(self, root):
-        self.root = Path(os.path.abspath(root))
-        self.path = Path(root) / 'manifest.sqlite'
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute('PRAGMA journal_mode=WAL')
-        self.db.execute(_SCHEMA)
+    "One row per clip × stage in `<root>/manifest.sqlite`, each also appended to `manifest.journal`; `readonly` writes nothing."
+    def __init__(self, root, readonly: bool = False):
+        self.root, self.readonly = Path(os.path.abspath(root)), readonly
+        self.path, self.journal = Path(root) / 'manifest.sqlite', Path(root) / 'manifest.journal'
+        try: self.db = self._open()
+        except sqlite3.DatabaseError as e: self.db = self._rebuild(e)
     def close(self): self.db.close()
+
+# %% ../nbs/00_core.ipynb #a95afde2
+@patch
+def _open(self: Manifest) -> sqlite3.Connection:
+    "Connect, check the file is a whole database, and create or upgrade the table (nothing written when read-only)."
+    if self.readonly:
+        uri = f'file:{urllib.parse.quote(os.fsencode(self.path.resolve()))}?mode=ro'
+        db = sqlite3.connect(uri + ('' if os.access(self.path.parent, os.W_OK) else '&immutable=1'), uri=True, isolation_level=None)
+    else:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+    try:
+        if db.execute('PRAGMA quick_check').fetchone()[0] != 'ok': raise sqlite3.DatabaseError('quick_check found damage')
+        if not self.readonly:
+            db.execute('PRAGMA journal_mode=WAL')
+            db.execute(_SCHEMA)
+            if 'sizes' not in {r[1] for r in db.execute('PRAGMA table_info(results)')}:   # a manifest from before sizes
+                db.execute('ALTER TABLE results ADD COLUMN sizes TEXT')
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+# %% ../nbs/00_core.ipynb #b237a1cb
+def replay(journal, db) -> int:
+    "Insert the rows of a manifest journal (JSON lines; a line torn by a crash is skipped) into `db`; how many."
+    if not Path(journal).exists(): return 0
+    n = 0
+    db.execute('BEGIN')
+    with open(journal, encoding='utf-8', errors='replace') as f:
+        for line in f:
+            try: row = json.loads(line)
+            except ValueError: continue
+            db.execute(f"INSERT OR REPLACE INTO results VALUES ({','.join('?' * len(COLUMNS))})", [row.get(c) for c in COLUMNS])
+            n += 1
+    db.execute('COMMIT')
+    return n
+
+# %% ../nbs/00_core.ipynb #7772957c
+@patch
+def _rebuild(self: Manifest, err: sqlite3.DatabaseError) -> sqlite3.Connection:
+    "A damaged manifest: set it aside and rebuild it from the journal (read-only: in memory). Other errors are raised."
+    if isinstance(err, sqlite3.OperationalError): raise err        # locked, unable to open: not damage
+    if self.readonly:
+        db = sqlite3.connect(':memory:', isolation_level=None)
+        db.execute(_SCHEMA)
+    else:
+        stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+        for p in [self.path.with_name(self.path.name + s) for s in ('', '-wal', '-shm')]:
+            if p.exists(): p.rename(p.with_name(f'{p.name}.damaged-{stamp}'))
+        db = self._open()
+    n = replay(self.journal, db)
+    log.warning('%s: the manifest was damaged (%s); %s its %d rows from %s', shown(self.path), err,
+                'read' if self.readonly else 'rebuilt', n, self.journal.name)
+    return db
 
 # %% ../nbs/00_core.ipynb #db2cfdc7
 @patch
 def _stored(self: Manifest, path) -> str:
     "A path as stored: relative to the root when inside it."
     p = Path(os.path.abspath(path))
-    return p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p)
+    return shown(p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p))
 
 @patch
 def _outputs(self: Manifest, text) -> list[str]:
     return [str(self.root / o) if not Path(o).is_absolute() else o for o in json.loads(text or '[]')]
 
+# %% ../nbs/00_core.ipynb #cd015b7e
 @patch
 def record(self: Manifest, clip: str, stage: str, res: StageResult, source=''):
-    "Insert or replace the row for (clip, stage)."
-    self.db.execute('INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?)',
-        (clip, stage, res.status, res.reason, res.seconds, json.dumps(res.figures, default=_jsonable),
-         json.dumps([self._stored(o) for o in res.outputs]), str(source), time.time()))
+    "Insert or replace the row for (clip, stage), with what its outputs measure now; append it to the journal first."
+    row = dict(clip=shown(clip), stage=stage, status=res.status, reason=shown(res.reason), seconds=res.seconds,
+               figures=json.dumps(res.figures, default=_jsonable), outputs=json.dumps([self._stored(o) for o in res.outputs]),
+               source=shown(source), updated=time.time(),
+               sizes=json.dumps({self._stored(o): size_of(o) for o in res.outputs} if res.ok else {}))
+    with open(self.journal, 'a', encoding='utf-8') as f: f.write(json.dumps(row, ensure_ascii=False) + '\n')
+    self.db.execute(f"INSERT OR REPLACE INTO results ({','.join(row)}) VALUES ({','.join('?' * len(row))})", list(row.values()))
 
 # %% ../nbs/00_core.ipynb #dc9349fe
 @patch
 def get(self: Manifest, clip: str, stage: str) -> StageResult|None:
     "The recorded result for (clip, stage), or None."
-    r = self.db.execute('SELECT status, reason, figures, outputs, seconds FROM results WHERE clip=? AND stage=?',
-                        (clip, stage)).fetchone()
-    return None if r is None else StageResult(r[0], r[1] or '', json.loads(r[2] or '{}'), self._outputs(r[3]), r[4] or 0)
+    r = self.db.execute('SELECT status, reason, figures, outputs, seconds, sizes FROM results WHERE clip=? AND stage=?',
+                        (shown(clip), stage)).fetchone()
+    if r is None: return None
+    sizes = {self._outputs(json.dumps([o]))[0]: s for o, s in json.loads(r[5] or '{}').items()}
+    return StageResult(r[0], r[1] or '', json.loads(r[2] or '{}'), self._outputs(r[3]), r[4] or 0, sizes)
 
 @patch
 def rows(self: Manifest, stage: str|None = None) -> list[dict]:
@@ -362,7 +457,7 @@ def rows(self: Manifest, stage: str|None = None) -> list[dict]:
     cur = self.db.execute(q, a)
     cols = [c[0] for c in cur.description]
     out = [dict(zip(cols, r)) for r in cur.fetchall()]
-    for r in out: r['figures'], r['outputs'] = json.loads(r['figures'] or '{}'), self._outputs(r['outputs'])
+    for r in out: r['figures'], r['outputs'], r['sizes'] = json.loads(r['figures'] or '{}'), self._outputs(r['outputs']), json.loads(r.get('sizes') or '{}')
     return out
 
 @patch
@@ -570,3 +665,27 @@ def stage_order(names=None, registry: dict|None = None) -> list[Stage]:
         first = min(ready, key=lambda s: (s.notebook, s.name))
         out.append(todo.pop(first.name))
     return out
+
+# %% ../nbs/00_core.ipynb #cfd18dba
+X264_PRESETS = ('ultrafast', 'superfast', 'veryfast', 'faster', 'fast', 'medium', 'slow', 'slower', 'veryslow', 'placebo')
+
+def type_ok(value, default) -> bool:
+    "Whether `value` has `default`'s type (an int where a float is wanted is fine; a bool is not a number)."
+    if default is None or isinstance(default, (dict, list)): return True
+    if isinstance(default, bool) or isinstance(value, bool): return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float): return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+# %% ../nbs/00_core.ipynb #25dcf630
+def check_settings(cfg, section: str = ''):
+    "Raise a `TalkfaceError` naming the first setting of `cfg` (a dataclass) whose value has the wrong type or is outside its `limits`."
+    limits = getattr(cfg, 'limits', {})
+    for f in dataclasses.fields(cfg):
+        v, where = getattr(cfg, f.name), f'{section}.{f.name}' if section else f.name
+        if f.default is not dataclasses.MISSING and not type_ok(v, f.default):
+            raise TalkfaceError(where, f'{v!r} is not allowed', f'a {type(f.default).__name__} is')
+        lim = limits.get(f.name)
+        if lim is None: continue
+        if len(lim) == 2 and all(isinstance(x, (int, float)) for x in lim):
+            if not lim[0] <= v <= lim[1]: raise TalkfaceError(where, f'{v} is not allowed', f'allowed: {lim[0]} to {lim[1]}')
+        elif v not in lim: raise TalkfaceError(where, f'{v!r} is not allowed', f"allowed: {', '.join(map(str, lim))}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
-from .core import BadInput, Layout, Skip, Stage, StageResult, atomic_path, ok, register, skipped, write_json
+from .core import X264_PRESETS, BadInput, Layout, Skip, Stage, StageResult, atomic_path, ok, register, skipped, write_json
 from .faces import drop_small, get_detector, largest
 from .media import ffpath, frames, probe, run_ffmpeg
 
@@ -33,6 +33,7 @@ class CropConfig:
     encode: bool = True              # write cropped_faces/<clip>.mp4 (False: only the box, convert crops)
     preset: str = 'ultrafast'        # x264 preset of the cropped video (crf keeps the quality; PNGs dwarf its size)
     crf: int = 18                    # x264 quality of the cropped video
+    limits = dict(expanded_ratio=(0, 10), skip_per_frame=(1, 10**6), size=(0, 8192), preset=X264_PRESETS)   # what is allowed, checked before any work (core.check_settings)
 
 # %% ../nbs/05_crop.ipynb #dbb39507
 @dataclass

@@ -4,14 +4,14 @@
 
 # %% ../nbs/11a_engines.ipynb #31afc7d6
 from __future__ import annotations
-import logging, os, sys
+import dataclasses, logging, os, signal, sys
 from dataclasses import dataclass
 from pathlib import Path
 from fastcore.basics import patch
-from .core import Layout, Stage, StageResult, failed, log, run_stage
+from .core import FOLDERS, Layout, Stage, StageResult, failed, log, run_stage, shown
 
 # %% auto #0
-__all__ = ['Task', 'execute', 'LocalEngine', 'RayEngine']
+__all__ = ['Task', 'execute', 'die_with_parent', 'worker_loop', 'Worker', 'crash_reason', 'LocalEngine', 'RayEngine']
 
 # %% ../nbs/11a_engines.ipynb #bfad7375
 @dataclass
@@ -37,6 +37,7 @@ def _worker_logging(root):
 def execute(task: Task, layout: Layout, run, stage: Stage) -> StageResult:
     "Run one task in the current process with `run`'s settings for `stage` (what every engine's workers call)."
     _worker_logging(layout.root)
+    for kind, folder in stage.outputs.items(): FOLDERS.setdefault(kind, folder)   # a stage declared at run time, not in the package
     cfg = run.stage_configs.get(stage.name) or stage.config()
     if stage.fanout:   # named by the run's clip id, so that a.mp4 and a.mov (clips 'a' and 'a_mov') never share outputs
         return run_stage(lambda a: stage.func(a, layout, cfg, name=task.clip), Path(task.source))
@@ -52,53 +53,125 @@ def _share_cores(threads: int):
 
 # %% ../nbs/11a_engines.ipynb #5bfa6c3d
 def _init_worker(threads: int):
-    import signal
-    _share_cores(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threads: _share_cores(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the driver's to handle: it stops the workers
+
+# %% ../nbs/11a_engines.ipynb #c0e198be
+def die_with_parent(parent: int):
+    "Ask Linux to kill this process when its parent dies (PR_SET_PDEATHSIG); exit at once if it is already gone."
+    import ctypes
+    try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError): pass                             # elsewhere the pipe's end still stops the worker
+    if os.getppid() != parent: os._exit(1)
+
+# %% ../nbs/11a_engines.ipynb #e751c4d2
+def worker_loop(conn, threads: int, parent: int):
+    "A pool worker: die with the driver, take its share of the cores, then run each task it is sent until told to stop."
+    die_with_parent(parent)
+    _init_worker(threads)
+    while True:
+        try: job = conn.recv()
+        except (EOFError, OSError): return
+        if job is None: return
+        conn.send(execute(*job))
+
+# %% ../nbs/11a_engines.ipynb #8e0779b0
+class Worker:
+    "One spawned worker process, the driver's end of its pipe, and the (task, stage) it holds."
+    def __init__(self, threads: int):
+        import multiprocessing as mp
+        ctx = mp.get_context('spawn')
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=worker_loop, args=(child, threads, os.getpid()), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task = None
+    def stop(self, kill: bool = False):
+        "Let it finish (or kill it), and wait for it."
+        if not kill:
+            try: self.conn.send(None)
+            except OSError: pass
+            self.proc.join(10)
+        if self.proc.is_alive(): self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+# %% ../nbs/11a_engines.ipynb #6b6b31be
+def crash_reason(task: Task, exitcode) -> str:
+    "What a worker's death says about its task: the file it was reading, the stage, and the signal."
+    try: how = f'signal {-exitcode}, {signal.Signals(-exitcode).name}' if exitcode and exitcode < 0 else f'exit status {exitcode}'
+    except ValueError: how = f'signal {-exitcode}'
+    return f'{shown(Path(task.source).name) if task.source else task.clip}: crashed while reading it in {task.stage} ({how})' 
 
 # %% ../nbs/11a_engines.ipynb #cbe69743
 class LocalEngine:
-    "A process pool over clips (in-process when `workers == 1`), `threads` per worker (0: the cores shared out)."
-    def __init__(self, workers: int = 0, threads: int = 0):
+    "A pool of `workers` spawned processes over tasks, `threads` each (0: the cores shared out); `isolate=False` runs one worker's tasks in this process."
+    def __init__(self, workers: int = 0, threads: int = 0, isolate: bool = True):
         self.workers = workers or os.cpu_count() or 1
-        self.pool, self.futures, self.queue = None, {}, []
-        if self.workers == 1 and threads: _share_cores(threads)
-        if self.workers > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-            threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context('spawn'),
-                                            initializer=_init_worker, initargs=(threads,))
+        self.isolate = isolate or self.workers > 1
+        self.threads = threads or (max(1, (os.cpu_count() or 1) // self.workers) if self.workers > 1 else 0)   # one worker: the libraries' choice
+        self.pool, self.queue = [], []
+        if not self.isolate and threads: _share_cores(threads)
 
     def submit(self, task: Task, layout: Layout, run, stage: Stage):
-        "Queue `task` (it starts when a worker is free)."
-        if self.pool is None: self.queue.append((task, layout, run, stage))
-        else: self.futures[self.pool.submit(execute, task, layout, run, stage)] = task
+        "Queue `task` (it starts when a worker is free); a worker gets the stage without the hooks that run in the driver."
+        self.queue.append((task, layout, run, dataclasses.replace(stage, prepare=None, check=None, expects=None, finish=None)))
 
     def cancel(self):
         "Drop the tasks that have not started (they have no manifest row, so a rerun does them)."
         self.queue.clear()
-        for f in [f for f in self.futures if f.cancel()]: self.futures.pop(f)
 
     def close(self):
-        if self.pool is not None: self.pool.shutdown(wait=True, cancel_futures=True)
+        "Stop the workers: idle ones finish, busy ones (an interrupted run) are killed."
+        for w in self.pool: w.stop(kill=w.task is not None)
+        self.pool = []
 
 # %% ../nbs/11a_engines.ipynb #d43f5663
 @patch
+def hand_out(self: LocalEngine):
+    "Give queued tasks to idle workers, starting workers up to `workers`."
+    while self.queue:
+        w = next((w for w in self.pool if w.task is None), None)
+        if w is None and len(self.pool) < self.workers: self.pool.append(w := Worker(self.threads))
+        if w is None: return
+        job = self.queue.pop(0)
+        w.task = job[0]
+        try: w.conn.send(job)
+        except OSError: pass      # it died already: its sentinel says so next
+
+# %% ../nbs/11a_engines.ipynb #dc981621
+@patch
+def collect(self: LocalEngine, w: Worker) -> tuple[Task, StageResult]:
+    "The result of the task `w` holds; when `w` died instead, a crash result for that task, and `w` leaves the pool."
+    task, res = w.task, None
+    try: res = w.conn.recv() if w.conn.poll() else None
+    except (EOFError, OSError): res = None
+    if res is None:
+        w.proc.join(10)
+        res = failed(crash_reason(task, w.proc.exitcode), crashed=True)
+        log.error('%s', res.reason)
+        self.pool.remove(w)
+        w.stop(kill=True)
+    w.task = None
+    return task, res
+
+# %% ../nbs/11a_engines.ipynb #401e425c
+@patch
 def results(self: LocalEngine):
     "Yield (task, result) as tasks finish, until none is pending (submitting inside the loop is fine)."
-    from concurrent.futures import wait, FIRST_COMPLETED
-    while self.queue or self.futures:
-        if self.pool is None:
-            task, layout, run, stage = self.queue.pop(0)
-            yield task, execute(task, layout, run, stage)
+    from multiprocessing.connection import wait
+    while self.queue or any(w.task for w in self.pool):
+        if not self.isolate:
+            job = self.queue.pop(0)
+            yield job[0], execute(*job)
             continue
-        done, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
-        for f in done:
-            task = self.futures.pop(f)
-            try: res = f.result()
-            except Exception as e: res = failed(f"{task.clip}: worker crashed ({type(e).__name__}: {e})")
-            yield task, res
+        self.hand_out()
+        busy = {}
+        for w in self.pool:
+            if w.task: busy.update({w.conn: w, w.proc.sentinel: w})
+        for ready in wait(list(busy)):
+            w = busy[ready]
+            if w.task is not None: yield self.collect(w)
 
 # %% ../nbs/11a_engines.ipynb #b28a9ded
 def _execute_on_one_core(task: Task, layout: Layout, run, stage: Stage) -> StageResult:

@@ -36,6 +36,7 @@ class FilterConfig:
     device: str = 'cpu'
     hands_model: str = 'hand_landmarker.task'   # in weights/ (MediaPipe hand landmarker)
     rescore: bool = False            # measure again even where this file's scores are stored
+    limits = dict(min_duration=(0, 10**6), min_size=(0, 10**9), sample_every=(0.04, 3600))   # what is allowed, checked before any work (core.check_settings)
 
 # %% ../nbs/04_filters.ipynb #6c6a91f5
 def laplacian_var(gray: np.ndarray) -> float:

@@ -16,10 +16,10 @@ from .core import BadInput, IMAGE_EXTS, OutOfSpace, TalkfaceError, log, package_
 # %% auto #0
 __all__ = ['FFMPEG_MIN', 'PPM_PIPE', 'real_sample', 'pinned_ffmpeg', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'worker_threads',
            'run_ffmpeg', 'ffmpeg_version', 'release', 'check_ffmpeg', 'read_ppm', 'ffmpeg_frames', 'Probe',
-           'error_text', 'probe', 'Frame', 'plane', 'scaled_size', 'rotate_image', 'new_scaler', 'bgr_image',
-           'luma_image', 'video_stream', 'packet_pts', 'keyframes', 'frame_rate', 'frame_files', 'prefetch', 'frames',
-           'iter_frames', 'read_frame', 'yuv420_planes', 'color_tags', 'rotation', 'FrameReader', 'FrameWriter',
-           'decode_audio', 'resample', 'Audio', 'read_audio', 'load_audio', 'save_wav']
+           'error_text', 'looks_like_text', 'av_source', 'probe', 'Frame', 'plane', 'scaled_size', 'rotate_image',
+           'new_scaler', 'bgr_image', 'luma_image', 'video_stream', 'packet_pts', 'keyframes', 'frame_rate',
+           'frame_files', 'prefetch', 'frames', 'iter_frames', 'read_frame', 'yuv420_planes', 'color_tags', 'rotation',
+           'FrameReader', 'FrameWriter', 'decode_audio', 'resample', 'Audio', 'read_audio', 'load_audio', 'save_wav']
 
 # %% ../nbs/01_media.ipynb #4131ccd3
 def real_sample() -> Path|None:
@@ -202,8 +202,7 @@ class Probe:
     audio_start: float = 0.0 # s
     def dict(self): return asdict(self)
 
-_PLAIN = {'Invalid data found when processing input': 'no known audio or video format inside: an error page, '
-                                                      'a partial download or another kind of file?'}
+_PLAIN = {'Invalid data found when processing input': 'damaged, or not a media file (invalid data at the start)'}
 
 # %% ../nbs/01_media.ipynb #0ca88a16
 def error_text(e: BaseException) -> str:
@@ -214,6 +213,20 @@ def error_text(e: BaseException) -> str:
     s = re.sub(r"""(?:\s*(?:in|of|for|opening|:))?\s*(['"])(?:file:)?/[^'"]*\1""", '', s)   # quoted absolute paths
     return s.strip(' :.') or type(e).__name__
 
+# %% ../nbs/01_media.ipynb #ccb04302
+def looks_like_text(path) -> bool:
+    "Whether a file starts like text (an HTML error page, a JSON answer, notes) rather than like binary media."
+    with open(path, 'rb') as f: head = f.read(512)
+    try: text = head.decode('utf-8')
+    except UnicodeDecodeError as e: text = head[:e.start].decode('utf-8') if e.start > len(head) - 4 else ''
+    return bool(text.strip()) and all(c.isprintable() or c in '\t\r\n' for c in text)
+
+# %% ../nbs/01_media.ipynb #b2beea0d
+def av_source(path):
+    "What PyAV opens for `path`: its name, or the open file where the name is not UTF-8 (PyAV passes names to FFmpeg as UTF-8)."
+    try: return str(path).encode('utf-8') and str(path)
+    except UnicodeEncodeError: return open(path, 'rb')
+
 # %% ../nbs/01_media.ipynb #9fa029fc
 def _open(path):
     import av
@@ -221,8 +234,10 @@ def _open(path):
     if not p.exists(): raise BadInput(p, 'file does not exist')
     if p.is_dir(): raise BadInput(p, 'is a folder, not a media file')
     if p.stat().st_size == 0: raise BadInput(p, 'file is empty (0 bytes)')
-    try: return av.open(str(p), metadata_errors='ignore')
-    except Exception as e: raise BadInput(p, f'not a readable media file ({error_text(e)})')
+    try: return av.open(av_source(p), metadata_errors='ignore')
+    except Exception as e:
+        why = 'text or HTML, not video: an error page saved under a video name?' if looks_like_text(p) else error_text(e)
+        raise BadInput(p, f'not a readable media file ({why})') from None
 
 # %% ../nbs/01_media.ipynb #e445c21b
 def probe(path) -> Probe:

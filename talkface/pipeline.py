@@ -9,14 +9,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
-from .core import (BadInput, Layout, Manifest, OutOfSpace, Stage, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
+from .core import (BadInput, check_settings, Layout, Manifest, OutOfSpace, Stage, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
                            is_done, link_or_copy, load_stages, log, progress, stage_order, write_json)
 from . import __version__
 from .engines import LocalEngine, RayEngine, Task
 
 # %% auto #0
-__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'prepare', 'check', 'effective_after', 'plan',
-           'RunLock', 'check_writable', 'duration', 'place_inputs', 'Driver', 'make_engine', 'run_pipeline']
+__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'prepare', 'check_input', 'check',
+           'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size', 'place_inputs', 'Driver', 'spawnable',
+           'make_engine', 'run_pipeline']
 
 # %% ../nbs/11_pipeline.ipynb #fcf35c9d
 @dataclass
@@ -34,6 +35,7 @@ class RunConfig:
     overwrite: bool = False          # redo every clip, done or not
     ray_address: str = ''            # Ray cluster address (default: a local Ray)
     stage_configs: dict = field(default_factory=dict)   # {stage: config dataclass instance}
+    limits = dict(frames=('png', 'none'), engine=('local', 'ray'), workers=(0, 4096), threads=(0, 4096))   # checked before any work
 
     @property
     def stage_list(self) -> list[str]:
@@ -61,15 +63,18 @@ def apply_settings(run: RunConfig, settings: dict, registry: dict|None = None) -
     reg = load_stages() if registry is None else registry
     for k, v in (settings or {}).items():
         k = k.replace('-', '_')
-        if k in reg and isinstance(v, dict):
+        if k in reg and not isinstance(v, dict): raise TalkfaceError(k, f'must be a mapping of settings, got {v!r}', f'e.g. {k}: {{setting: value}}')
+        if k in reg:
             cfg = stage_config(run, reg[k])
             names = {f.name for f in dataclasses.fields(cfg)}
             for kk, vv in v.items():
                 if kk not in names: raise TalkfaceError(k, f"unknown setting '{kk}' for stage {k}", f"known: {', '.join(names)}")
-                setattr(cfg, kk, coerce(vv, getattr(cfg, kk)))
+                try: setattr(cfg, kk, coerce(vv, getattr(cfg, kk)))
+                except ValueError: raise TalkfaceError(f'{k}.{kk}', f'{vv!r} is not allowed', f'a {type(getattr(cfg, kk)).__name__} is') from None
         elif k in {f.name for f in dataclasses.fields(RunConfig)}:
             if k == 'stages' and isinstance(v, (list, tuple)): v = ','.join(v)
-            setattr(run, k, coerce(v, getattr(run, k)))
+            try: setattr(run, k, coerce(v, getattr(run, k)))
+            except ValueError: raise TalkfaceError(k, f'{v!r} is not allowed', f'a {type(getattr(run, k)).__name__} is') from None
         else: raise TalkfaceError('config', f"unknown setting '{k}'")
     return run
 
@@ -79,8 +84,10 @@ def load_config(path) -> dict:
     import yaml
     p = Path(path)
     if not p.is_file(): raise BadInput(p, 'config file does not exist')
-    try: return yaml.safe_load(p.read_text(encoding='utf-8')) or {}
+    try: data = yaml.safe_load(p.read_text(encoding='utf-8')) or {}
     except yaml.YAMLError as e: raise BadInput(p, f'not valid YAML ({e})')
+    if not isinstance(data, dict): raise BadInput(p, f'a config file must be a mapping of settings, got a {type(data).__name__}', 'one section per stage, e.g. crop: {expanded_ratio: 0.8}')
+    return data
 
 # %% ../nbs/11_pipeline.ipynb #0710e14d
 def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
@@ -94,9 +101,22 @@ def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
         if s.prepare: notes += s.prepare(c, run) or []
     return notes
 
+# %% ../nbs/11_pipeline.ipynb #e59f7ef1
+def check_input(run: RunConfig, stages: list[Stage]):
+    "Refuse an input inside a talkface output root (a folder holding a manifest) when the run starts by splitting: its clips would be split again."
+    if not run.input or not stages or not stages[0].fanout: return
+    p = Path(run.input).resolve()
+    root = next((q for q in [p, *p.parents] if (q / 'manifest.sqlite').exists() or q == Path(run.output).resolve()), None)
+    if root is not None:
+        raise TalkfaceError(run.input, f'is inside the output root {root}: these are talkface\'s own clips',
+                            f'give the folder of the original videos, or start later (--stages {stages[1].name if len(stages) > 1 else "filter"},...) to reuse them')
+
 # %% ../nbs/11_pipeline.ipynb #da762781
 def check(run: RunConfig, stages: list[Stage]):
-    "Each stage's `check` on its settings: raises before any clip runs when they cannot work."
+    "The run's and its stages' settings against their types and limits, then each stage's `check`: raises before any clip runs when they cannot work."
+    check_settings(run)
+    check_input(run, stages)
+    for s in stages: check_settings(stage_config(run, s), s.name)
     for s in stages:
         if s.check: s.check(stage_config(run, s))
 
@@ -150,11 +170,10 @@ def check_writable(root) -> Path:
     return root
 
 # %% ../nbs/11_pipeline.ipynb #92c72d6a
-def duration(path) -> float:
-    "The duration of a media file in seconds (0 when it can't be read: it fails later, with its reason)."
-    from talkface.media import probe
-    try: return probe(path).duration
-    except TalkfaceError: return 0.0
+def input_size(path) -> int:
+    "The size of an input in bytes, its priority (0 when it can't be read: it fails later, with its reason)."
+    try: return os.stat(path).st_size
+    except OSError: return 0
 
 # %% ../nbs/11_pipeline.ipynb #ca88f41f
 def place_inputs(run: RunConfig, roots: list[Stage], layout: Layout) -> dict[str, Path]:
@@ -230,10 +249,15 @@ def drain(self: Driver):
         bar.close()
         self.engine.close()
 
+# %% ../nbs/11_pipeline.ipynb #acacc994
+def spawnable(run: RunConfig, stages) -> bool:
+    "Whether a spawned worker can import what it runs: not so for stages or settings defined in a notebook session (`__main__`)."
+    return all(getattr(o, '__module__', '') != '__main__' for o in [type(run), *(s.func for s in stages), *(s.config for s in stages)])
+
 # %% ../nbs/11_pipeline.ipynb #43c6022a
-def make_engine(run: RunConfig):
-    "The engine `run` asks for: a local pool (or this process), or Ray."
-    if run.engine != 'ray': return LocalEngine(run.workers, run.threads)
+def make_engine(run: RunConfig, stages=()):
+    "The engine `run` asks for: a local pool of worker processes (this process where `spawnable` says no), or Ray."
+    if run.engine != 'ray': return LocalEngine(run.workers, run.threads, isolate=spawnable(run, stages))
     from talkface.faces import resolve_device
     return RayEngine(run.workers, run.ray_address, resolve_device(run.device) == 'cuda')
 
@@ -254,9 +278,9 @@ def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout
         layout, manifest = layout or Layout(root), Manifest(root)
         roots = [s for s in stages if not after[s.name]]
         inputs = place_inputs(run, roots, layout) if inputs is None else inputs
-        d = Driver(stages, after, layout, manifest, engine or make_engine(run), run)
-        for cid, path in sorted(inputs.items(), key=lambda kv: -duration(kv[1])):
-            for s in roots: d.submit(s, cid, str(path), duration(path))
+        d = Driver(stages, after, layout, manifest, engine or make_engine(run, stages), run)
+        for cid, path in sorted(inputs.items(), key=lambda kv: -input_size(kv[1])):
+            for s in roots: d.submit(s, cid, str(path), input_size(path))
         d.drain()
         for s in stages:                      # work across clips, once they all went through the stage
             if s.finish and any(st == s.name for _, st in d.results) and not d.halt: s.finish(layout, stage_config(run, s))

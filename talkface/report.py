@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_report.ipynb #d0143230
 from __future__ import annotations
-import base64, html, io
+import base64, html, io, os, re
 from collections import Counter
 from pathlib import Path
 import numpy as np
@@ -15,8 +15,8 @@ from .viewer import ClipViewer   # the clip viewer lives in 12a_viewer; offered 
 
 # %% auto #0
 __all__ = ['figure_values', 'read_aus', 'gather', 'png_bytes', 'histogram', 'pose_figure', 'au_figure', 'clip_frame',
-           'landmark_grid', 'md_table', 'cut_line', 'stage_counts', 'face_sections', 'sync_figure', 'sync_sections',
-           'report_sections', 'md_to_html', 'write_report']
+           'landmark_grid', 'md_cell', 'md_table', 'cut_line', 'stage_counts', 'face_sections', 'sync_figure',
+           'sync_sections', 'report_sections', 'md_to_html', 'report_dir', 'write_report']
 
 # %% ../nbs/12_report.ipynb #e5894b10
 def figure_values(df, name: str) -> np.ndarray:
@@ -42,7 +42,7 @@ def gather(root) -> dict:
     "Everything the report shows, read from the manifest and the output folders of `root`."
     root = Path(root)
     if not (root / 'manifest.sqlite').exists(): raise TalkfaceError(root, 'no manifest here', 'run `talkface run` with this --output first')
-    lay, m = Layout(root), Manifest(root)
+    lay, m = Layout(root), Manifest(root, readonly=True)   # a report writes nothing into the manifest
     df = m.df()
     m.close()
     g = {'root': root, 'manifest': df, 'counts': {}, 'reasons': Counter()}
@@ -124,15 +124,21 @@ def landmark_grid(root, clips: list[str], n: int = 8) -> bytes:
         img = clip_frame(lay, c, len(lm) // 2)
         if img is not None: ax.imshow(img[..., ::-1])
         ax.scatter(lm[len(lm) // 2, :, 0], lm[len(lm) // 2, :, 1], s=2, c='#00ff66')
-        ax.set_title(c[-24:], fontsize=7)
+        ax.set_title(c[-24:], fontsize=7, parse_math=False)   # a name with $...$ is a name, not mathtext
     for ax in axs[0]: ax.axis('off')
     if not clips: axs[0][0].text(.5, .5, 'no landmarks', ha='center', va='center')
     return png_bytes(fig)
 
 # %% ../nbs/12_report.ipynb #43a0d664
+def md_cell(value) -> str:
+    "One table cell, safe in markdown and in HTML alike: `<>&\"'` as entities, `|` escaped (a file name can hold any of them)."
+    return html.escape(str(value)).replace('|', '\\|').replace('\n', ' ')
+
+# %% ../nbs/12_report.ipynb #625fce46
 def md_table(header, rows) -> list[str]:
-    "A markdown table's lines."
-    return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
+    "A markdown table's lines, every cell escaped (`md_cell`)."
+    return (['| ' + ' | '.join(map(md_cell, header)) + ' |', '|' + '---|' * len(header)]
+            + ['| ' + ' | '.join(map(md_cell, r)) + ' |' for r in rows])
 
 # %% ../nbs/12_report.ipynb #27d49eb9
 def cut_line(n: int, lost: str) -> str:
@@ -193,7 +199,7 @@ def sync_sections(g: dict) -> list[tuple]:
 # %% ../nbs/12_report.ipynb #c8e50a3f
 def report_sections(g: dict) -> list[tuple[str, list[str], bytes|None]]:
     "The report as (title, markdown lines, picture) sections."
-    reasons = [(n, st, status, html.escape(w)) for (st, status, w), n in g['reasons'].most_common(15)]
+    reasons = [(n, st, status, w) for (st, status, w), n in g['reasons'].most_common(15)]
     slow = [] if g['slowest'] is None else [(c, f'{s:.2f}') for c, s in g['slowest'].items()]
     sr, dur, fs = g['speech_ratio'], g['duration'], g['face_size']
     return [
@@ -211,25 +217,38 @@ def report_sections(g: dict) -> list[tuple[str, list[str], bytes|None]]:
 
 # %% ../nbs/12_report.ipynb #d5fce562
 def md_to_html(lines: list[str]) -> str:
-    "Tables and plain lines of the sections, as HTML (values are already escaped)."
+    "Tables (their cells escaped by `md_table`) and plain lines (escaped here) of the sections, as HTML."
     if lines and lines[0].startswith('|'):
-        rows = [l.strip('|').split('|') for l in lines if not l.startswith('|---')]
+        rows = [[c.strip().replace('\\|', '|') for c in re.split(r'(?<!\\)\|', l.strip()[1:-1])] for l in lines if not l.startswith('|---')]
         head, rest = rows[0], rows[1:]
-        return ('<table><tr>' + ''.join(f'<th>{h.strip()}</th>' for h in head) + '</tr>' +
-                ''.join('<tr>' + ''.join(f'<td>{c.strip()}</td>' for c in r) + '</tr>' for r in rest) + '</table>')
-    return ''.join(f'<p>{l}</p>' for l in lines)
+        return ('<table><tr>' + ''.join(f'<th>{h}</th>' for h in head) + '</tr>' +
+                ''.join('<tr>' + ''.join(f'<td>{c}</td>' for c in r) + '</tr>' for r in rest) + '</table>')
+    return ''.join(f'<p>{html.escape(l)}</p>' for l in lines)
 
 _STYLE = ('body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222} table{border-collapse:collapse}'
           'td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} img{max-width:100%;display:block;margin:.5em 0}')
 
+# %% ../nbs/12_report.ipynb #ca8b0cf0
+def report_dir(root) -> Path:
+    "Where the report of `root` goes: `root` itself, or `./talkface-report-<name>/` (else the temp folder) when `root` is read-only."
+    import tempfile
+    root = Path(root)
+    if os.access(root, os.W_OK): return root
+    for d in (Path.cwd() / f'talkface-report-{root.resolve().name}', Path(tempfile.gettempdir()) / f'talkface-report-{root.resolve().name}'):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if os.access(d, os.W_OK): return d
+        except OSError: continue
+    raise TalkfaceError(root, 'read-only, and no folder to write its report in', 'give a writable working folder')
+
 # %% ../nbs/12_report.ipynb #7f320cbf
 def write_report(root) -> tuple[Path, Path]:
-    "Write `report.html` (self-contained) and `report.md` (+ `report_files/`) at `root`; return their paths."
+    "Write `report.html` (self-contained) and `report.md` (+ `report_files/`) at `root` (see `report_dir`); return their paths."
     root = Path(root)
-    sections = report_sections(gather(root))
+    sections, out = report_sections(gather(root)), report_dir(root)
     title = f'talkface QC report: {root.resolve().name}'
     md, body = [f'# {title}', ''], []
-    files = root / 'report_files'
+    files = out / 'report_files'
     files.mkdir(exist_ok=True)
     for i, (head, lines, png) in enumerate(sections):
         md += [f'## {head}', '', *lines, '']
@@ -241,4 +260,4 @@ def write_report(root) -> tuple[Path, Path]:
             body.append(f'<img alt="{html.escape(head)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
     page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>'
             f'<body><h1>{html.escape(title)}</h1>' + '\n'.join(body) + '</body></html>')
-    return write_text(root / 'report.html', page), write_text(root / 'report.md', '\n'.join(md))
+    return write_text(out / 'report.html', page), write_text(out / 'report.md', '\n'.join(md))

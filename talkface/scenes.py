@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
-from .core import BadInput, Layout, Stage, TalkfaceError, clip_id, link_or_copy, ok, register, tmp_name, write_json
+from .core import X264_PRESETS, BadInput, Layout, Stage, TalkfaceError, clip_id, link_or_copy, ok, register, tmp_name, write_json
 from .media import (FrameWriter, color_tags, ffpath, frame_rate, frames, new_scaler, probe, rotation, run_ffmpeg,
                             yuv420_planes)
 
@@ -33,6 +33,7 @@ class ScenesConfig:
     keyint: int = 25                 # a keyframe every N frames (1 s), so later stages sample keyframes only
     group: int = 8                   # scenes per ffmpeg call that adds their audio
     copy_uncut: bool = True          # a video with no cut is copied, not re-encoded
+    limits = dict(detector=('content', 'adaptive'), fps=(1, 240), preset=X264_PRESETS, crf=(0, 51), min_scene_len=(1, 10**6))   # what is allowed, checked before any work (core.check_settings)
 
 # %% ../nbs/03_scenes.ipynb #86cf3eb0
 @dataclass

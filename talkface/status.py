@@ -65,6 +65,8 @@ def input_line(cid: str, fan: dict|None, kids: list[str], by_clip: dict, order: 
     "(stage, status, reason) of one input file."
     if fan is not None and (fan['status'] != 'ok' or not kids):
         return fan['stage'], fan['status'], why(fan['reason']) or ('no scenes' if fan['status'] == 'ok' else '')
+    if fan is not None and not any(by_clip.get(k) for k in kids):   # split, and nothing after the split was run
+        return fan['stage'], 'ok', f"{len(kids)} scene{'s' if len(kids) > 1 else ''}"
     stops = {k: stop_row(by_clip[k], order) if by_clip.get(k) else None for k in kids}
     if len(stops) == 1:
         r = next(iter(stops.values()))
@@ -80,7 +82,7 @@ def input_line(cid: str, fan: dict|None, kids: list[str], by_clip: dict, order: 
 def status_text(root, clips: bool = False, registry=None, top: int = 8, scenes: bool = False) -> str:
     "Counts per stage and top failure reasons of an output root; with `clips`, one line per input file (per clip with `scenes`)."
     if not (Path(root) / 'manifest.sqlite').exists(): raise TalkfaceError(root, 'no manifest here', 'run `talkface run` with this --output first')
-    m = Manifest(root)
+    m = Manifest(root, readonly=True)   # status writes nothing: it works on a read-only root
     try: rows, counts = m.rows(), m.counts()
     finally: m.close()
     lines = counts_table(counts, rows, registry, top)

@@ -34,7 +34,7 @@ def tree_hashes(root: Path) -> dict:
     "sha256 of every output file under root, by relative path (the run's own records excluded; JSON records without timings)."
     root = Path(root)
     return {str(p.relative_to(root)): _digest(p, root)
-            for p in sorted(root.rglob('*')) if p.is_file() and p.name not in IGNORED and not p.name.startswith('report')
+            for p in sorted(root.rglob('*')) if p.is_file() and p.name not in IGNORED and not p.name.startswith(('report', 'manifest.'))
             and 'report_files' not in p.parts}
 
 
