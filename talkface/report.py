@@ -191,7 +191,7 @@ def sync_sections(g: dict) -> list[tuple]:
     lines = [f"{len(d)} clips measured ({', '.join(sorted(set(d['fig.backend'].dropna())))}): offset 0 in {np.mean(off == 0):.0%} "
              f"of them, within one frame in {np.mean(np.abs(off) <= 1):.0%}; median confidence {np.median(conf):.2f}; "
              f"{len(flag)} flagged ({int((flag['status'] == 'skipped').sum())} of them dropped), {fixed} corrected."]
-    rows = [(c, int(o), f'{cf:.2f}', st, html.escape(why(r).removeprefix('flagged for sync: ').removeprefix('dropped for sync: ')))
+    rows = [(c, int(o), f'{cf:.2f}', st, why(r).removeprefix('flagged for sync: ').removeprefix('dropped for sync: '))
             for c, o, cf, st, r in zip(flag['clip'], flag['fig.offset'], flag['fig.confidence'], flag['status'], flag['reason'])]
     table = md_table(['clip', 'offset', 'confidence', 'status', 'reason'], rows[:30]) if rows else ['No clip was flagged for sync.']
     return [('Audio-visual sync', lines, sync_figure(off, conf)), ('Flagged for sync', table, None)]
