@@ -172,7 +172,8 @@ def stage_setup(stage: Stage, argv: list) -> tuple:
     src = opts['input'] or folders.get(first) or (root / FOLDERS[first] if first else None)
     if src is None: raise BadInput('--input', 'no input folder given', f'talkface {stage.name} needs the folder of clips to process')
     for k in stage.reads: folders.setdefault(k, str(Path(src).expanduser().resolve()))
-    run = RunConfig(input=str(src), output=str(root), stages=stage.name, workers=a.workers,
+    device = next((getattr(cfg, f) for f in ('device', 'computed_device') if getattr(cfg, f, None)), 'auto')   # the stage's own --device
+    run = RunConfig(input=str(src), output=str(root), stages=stage.name, workers=a.workers, device=device,
                     overwrite=bool(a.overwrite or opts.get('overwrite')), stage_configs={stage.name: cfg})
     check(run, [stage])
     return run, Layout(root, **folders), discover(src, stage.takes), a.verbose or opts.get('verbose', False)

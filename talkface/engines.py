@@ -11,7 +11,8 @@ from fastcore.basics import patch
 from .core import Layout, Stage, StageResult, failed, log, run_stage
 
 # %% auto #0
-__all__ = ['Task', 'execute', 'LocalEngine', 'RayEngine']
+__all__ = ['Task', 'execute', 'wants_gpu', 'execute_batch', 'where_it_ran', 'GpuWorkers', 'LocalEngine', 'ray_options',
+           'RayEngine']
 
 # %% ../nbs/11a_engines.ipynb #0536d49e
 @dataclass
@@ -56,45 +57,130 @@ def _init_worker(threads: int):
     _share_cores(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+# %% ../nbs/11a_engines.ipynb #af2d23f5
+def wants_gpu(stage: Stage, cfg) -> bool:
+    "Whether `stage` wants a GPU with settings `cfg`: its declaration's `gpu`, a bool or a function of the settings."
+    return bool(stage.gpu(cfg) if callable(stage.gpu) else stage.gpu)
+
+# %% ../nbs/11a_engines.ipynb #79a1fc6b
+def _init_gpu_worker(threads: int, gpu: int):
+    "A GPU worker: its share of the cores, and `cuda` meaning its own GPU."
+    os.environ['TALKFACE_CUDA'] = f'cuda:{gpu}'
+    _init_worker(threads)
+
+# %% ../nbs/11a_engines.ipynb #79711562
+def execute_batch(tasks: list, layout: Layout, run, stage: Stage) -> list[StageResult]:
+    "Run several tasks of one stage in this process (a GPU worker), one result per task."
+    return [execute(t, layout, run, stage) for t in tasks]
+
+# %% ../nbs/11a_engines.ipynb #b5affea5
+def where_it_ran(clip: str, layout: Layout, cfg) -> StageResult:
+    "A stand-in stage function that records where it ran (process id, GPU, threads): for checking how an engine places work."
+    from talkface.core import ok
+    return ok(pid=os.getpid(), gpu=os.environ.get('TALKFACE_CUDA', ''), threads=os.environ.get('TALKFACE_THREADS', ''))
+
+# %% ../nbs/11a_engines.ipynb #f1d4dc25
+class GpuWorkers:
+    "One worker process per GPU of `gpus` (started with its first task); a free one takes up to `batch` waiting tasks of one stage at once."
+    def __init__(self, gpus: list[int], threads: int = 1, batch: int = 8):
+        self.gpus, self.threads, self.pools = list(gpus), threads, {}     # a worker starts with its first task
+        self.queue, self.busy, self.batch = [], {}, max(1, batch)    # busy: future -> (gpu, tasks)
+
+    def start(self, gpu: int):
+        "A fresh worker process for `gpu` (at the start, or after one died)."
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        self.pools[gpu] = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_gpu_worker, initargs=(self.threads, gpu))
+        return self.pools[gpu]
+
+    @property
+    def pending(self) -> bool: return bool(self.queue or self.busy)
+
+    def submit(self, task: Task, layout: Layout, run, stage: Stage):
+        "Queue `task`; a free GPU worker takes it at once."
+        self.queue.append((task, layout, run, stage))
+        self.dispatch()
+
+    def close(self):
+        for p in self.pools.values(): p.shutdown(wait=True, cancel_futures=True)
+
+# %% ../nbs/11a_engines.ipynb #6399d7c4
+@patch
+def dispatch(self: GpuWorkers):
+    "Hand each free GPU worker the first waiting task and the other waiting tasks of its stage, up to `batch`."
+    taken = {g for g, _ in self.busy.values()}
+    for g in [g for g in self.gpus if g not in taken]:
+        if not self.queue: return
+        name = self.queue[0][3].name
+        pick = [k for k, q in enumerate(self.queue) if q[3].name == name][:self.batch]
+        items = [self.queue[k] for k in pick]
+        self.queue = [q for k, q in enumerate(self.queue) if k not in set(pick)]
+        _, layout, run, stage = items[0]
+        tasks = [q[0] for q in items]
+        pool = self.pools.get(g) or self.start(g)
+        self.busy[pool.submit(execute_batch, tasks, layout, run, stage)] = (g, tasks)
+
+# %% ../nbs/11a_engines.ipynb #1b81c9a5
+@patch
+def collect(self: GpuWorkers, f) -> list[tuple]:
+    "(task, result) for each task of the finished batch `f`; the worker then takes the next tasks."
+    g, tasks = self.busy.pop(f)
+    try: res = f.result()
+    except Exception as e:
+        res = [failed(f"{t.clip}: GPU worker crashed ({type(e).__name__}: {e})") for t in tasks]
+        if self.pools[g]._broken: self.start(g)           # a worker that died (out of memory, a driver fault) is replaced
+    self.dispatch()
+    return list(zip(tasks, res))
+
 # %% ../nbs/11a_engines.ipynb #c95a8a83
 class LocalEngine:
-    "A process pool over clips (in-process when `workers == 1`), `threads` per worker (0: the cores shared out)."
-    def __init__(self, workers: int = 0, threads: int = 0):
+    "A process pool over clips (in-process when `workers == 1`), `threads` per worker (0: the cores shared out), and a worker per GPU of `gpus` for GPU stages."
+    def __init__(self, workers: int = 0, threads: int = 0, gpus=(), gpu_batch: int = 8):
         self.workers = workers or os.cpu_count() or 1
         self.pool, self.futures, self.queue = None, {}, []
         if self.workers == 1 and threads: _share_cores(threads)
+        share = threads or max(1, (os.cpu_count() or 1) // self.workers)
         if self.workers > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
-            threads = threads or max(1, (os.cpu_count() or 1) // self.workers)
             self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context('spawn'),
-                                            initializer=_init_worker, initargs=(threads,))
+                                            initializer=_init_worker, initargs=(share,))
+        self.gpu = GpuWorkers(list(gpus), share, gpu_batch) if len(gpus) else None
 
     def submit(self, task: Task, layout: Layout, run, stage: Stage):
-        "Queue `task` (it starts when a worker is free)."
-        if self.pool is None: self.queue.append((task, layout, run, stage))
+        "Queue `task` (it starts when a worker is free): on a GPU worker when the stage wants one and the run has GPUs."
+        if self.gpu and wants_gpu(stage, run.stage_configs.get(stage.name) or stage.config()): self.gpu.submit(task, layout, run, stage)
+        elif self.pool is None: self.queue.append((task, layout, run, stage))
         else: self.futures[self.pool.submit(execute, task, layout, run, stage)] = task
 
     def cancel(self):
         "Drop the tasks that have not started (they have no manifest row, so a rerun does them)."
         self.queue.clear()
         for f in [f for f in self.futures if f.cancel()]: self.futures.pop(f)
+        if self.gpu: self.gpu.queue.clear()
 
     def close(self):
         if self.pool is not None: self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.gpu: self.gpu.close()
 
 # %% ../nbs/11a_engines.ipynb #ef540467
 @patch
 def results(self: LocalEngine):
     "Yield (task, result) as tasks finish, until none is pending (submitting inside the loop is fine)."
     from concurrent.futures import wait, FIRST_COMPLETED
-    while self.queue or self.futures:
-        if self.pool is None:
+    gpu = self.gpu
+    while self.queue or self.futures or (gpu and gpu.pending):
+        for f in [f for f in (gpu.busy if gpu else ()) if f.done()]: yield from gpu.collect(f)
+        if self.pool is None and self.queue:
             task, layout, run, stage = self.queue.pop(0)
             yield task, execute(task, layout, run, stage)
             continue
-        done, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
+        if not (self.futures or (gpu and gpu.busy)): continue
+        done, _ = wait([*self.futures, *(gpu.busy if gpu else ())], return_when=FIRST_COMPLETED)
         for f in done:
+            if gpu and f in gpu.busy:
+                yield from gpu.collect(f)
+                continue
             task = self.futures.pop(f)
             try: res = f.result()
             except Exception as e: res = failed(f"{task.clip}: worker crashed ({type(e).__name__}: {e})")
@@ -106,21 +192,28 @@ def _execute_on_one_core(task: Task, layout: Layout, run, stage: Stage) -> Stage
     _share_cores(1)
     return execute(task, layout, run, stage)
 
+# %% ../nbs/11a_engines.ipynb #56681040
+def ray_options(stage: Stage, cfg, use_gpu: bool) -> dict:
+    "The resources a Ray task of `stage` asks for: one CPU, and one GPU when the stage wants one and the run uses GPUs (Ray then sets the task's CUDA_VISIBLE_DEVICES)."
+    return dict(num_cpus=1, num_gpus=1 if use_gpu and wants_gpu(stage, cfg) else 0)
+
 # %% ../nbs/11a_engines.ipynb #c76e98e6
 class RayEngine:
-    "The same tasks as Ray tasks; GPU stages ask for `num_gpus=1` when the run uses CUDA."
-    def __init__(self, workers: int = 0, address: str = '', use_gpu: bool = False):
+    "The same tasks as Ray tasks; GPU stages ask for `num_gpus=1` when the run uses CUDA (`use_gpu` None: when the cluster has GPUs)."
+    def __init__(self, workers: int = 0, address: str = '', use_gpu: bool|None = False):
         import ray
         self.ray = ray
         if not ray.is_initialized():
             kw = dict(address=address) if address else dict(num_cpus=workers or os.cpu_count())
             ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **kw)
         self.remote = ray.remote(_execute_on_one_core)
-        self.use_gpu, self.refs = use_gpu, {}
+        self.use_gpu = bool(ray.cluster_resources().get('GPU', 0)) if use_gpu is None else use_gpu
+        self.refs = {}
 
     def submit(self, task: Task, layout: Layout, run, stage: Stage):
         "Start `task` as a Ray task (with a GPU for a GPU stage when the run has one)."
-        ref = self.remote.options(num_cpus=1, num_gpus=1 if stage.gpu and self.use_gpu else 0).remote(task, layout, run, stage)
+        opts = ray_options(stage, run.stage_configs.get(stage.name) or stage.config(), self.use_gpu)
+        ref = self.remote.options(**opts).remote(task, layout, run, stage)
         self.refs[ref] = task
 
     def close(self): pass

@@ -11,11 +11,12 @@ from pathlib import Path
 from fastcore.basics import patch
 from .core import (BadInput, Layout, Manifest, OutOfSpace, Stage, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
                            is_done, link_or_copy, load_stages, log, progress, stage_order)
+from .devices import DeviceSpec, parse_device, placement
 from .engines import LocalEngine, RayEngine, Task
 
 # %% auto #0
-__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'prepare', 'check', 'effective_after', 'plan',
-           'RunLock', 'check_writable', 'duration', 'place_inputs', 'Driver', 'make_engine', 'run_pipeline']
+__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare', 'check', 'effective_after',
+           'plan', 'RunLock', 'check_writable', 'duration', 'place_inputs', 'Driver', 'make_engine', 'run_pipeline']
 
 # %% ../nbs/11_pipeline.ipynb #e471d207
 @dataclass
@@ -28,10 +29,11 @@ class RunConfig:
     engine: str = 'local'            # local | ray
     workers: int = 0                 # worker processes (0: one per core)
     threads: int = 0                 # threads per worker for decoders, encoders, OpenCV, torch (0: the cores shared out)
-    device: str = 'auto'             # auto | cpu | cuda
+    device: str = 'auto'             # where models run: auto, cpu, cuda (every GPU, a worker each) or cuda:N; cuda! stops when there is no GPU, cuda falls back to the CPU
     retry_failed: bool = False       # run failed clips again
     overwrite: bool = False          # redo every clip, done or not
     ray_address: str = ''            # Ray cluster address (default: a local Ray)
+    gpu_batch: int = 8               # clips a GPU worker takes at once (GPU stages)
     stage_configs: dict = field(default_factory=dict)   # {stage: config dataclass instance}
 
     @property
@@ -81,13 +83,21 @@ def load_config(path) -> dict:
     try: return yaml.safe_load(p.read_text(encoding='utf-8')) or {}
     except yaml.YAMLError as e: raise BadInput(p, f'not valid YAML ({e})')
 
+# %% ../nbs/11_pipeline.ipynb #471fdaff
+def place(run: RunConfig) -> tuple[str, list|None]:
+    "(the device the run's stage settings get, the GPUs that get a local worker each; None on a Ray cluster, whose GPUs Ray places)."
+    d = parse_device(run.device)
+    if run.engine == 'ray' and run.ray_address and d.kind != 'cpu': return str(DeviceSpec(d.kind, d.index)), None
+    return placement(run.device)
+
 # %% ../nbs/11_pipeline.ipynb #c3722695
 def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
     "Apply the run's settings to its stages' configs (the device, then each stage's `prepare`); what they left out, as warnings."
     cfgs = [stage_config(run, s) for s in stages]     # every config exists before any hook looks at another stage's
+    device = place(run)[0]
     for c in cfgs:
         for f in ('device', 'computed_device'):
-            if hasattr(c, f): setattr(c, f, run.device)
+            if hasattr(c, f): setattr(c, f, device)
     notes = []
     for s, c in zip(stages, cfgs):
         if s.prepare: notes += s.prepare(c, run) or []
@@ -95,7 +105,8 @@ def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
 
 # %% ../nbs/11_pipeline.ipynb #b1f4c089
 def check(run: RunConfig, stages: list[Stage]):
-    "Each stage's `check` on its settings: raises before any clip runs when they cannot work."
+    "The device, then each stage's `check` on its settings: raises before any clip runs when they cannot work."
+    place(run)
     for s in stages:
         if s.check: s.check(stage_config(run, s))
 
@@ -231,10 +242,10 @@ def drain(self: Driver):
 
 # %% ../nbs/11_pipeline.ipynb #90785731
 def make_engine(run: RunConfig):
-    "The engine `run` asks for: a local pool (or this process), or Ray."
-    if run.engine != 'ray': return LocalEngine(run.workers, run.threads)
-    from talkface.faces import resolve_device
-    return RayEngine(run.workers, run.ray_address, resolve_device(run.device) == 'cuda')
+    "The engine `run` asks for: a local pool (or this process) with a worker per GPU the run uses, or Ray."
+    device, gpus = place(run)
+    if run.engine != 'ray': return LocalEngine(run.workers, run.threads, gpus, run.gpu_batch)
+    return RayEngine(run.workers, run.ray_address, None if gpus is None else bool(gpus))
 
 # %% ../nbs/11_pipeline.ipynb #c3d126b6
 def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout: Layout|None = None, inputs: dict|None = None,
