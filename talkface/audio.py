@@ -8,18 +8,21 @@ import argparse, functools, json, math, os, sys, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import numpy as np
+from .devices import length_batches, to_device
 from .core import (BadInput, TalkfaceError, MissingWeights, Skip, Layout, Manifest, StageResult, ok,
                            atomic_path, save_npy, write_json, log, run_each, setup_logging, weights_dir, require_weights, is_complete)
 
 # %% auto #0
 __all__ = ['SR', 'FPS', 'VAD_WINDOW', 'VAD_CONTEXT', 'AUDIO_EXTS', 'SILENCE_PEAK', 'RATES', 'WEIGHTS', 'NO_WEIGHTS', 'PHONEMES',
-           'WHISPER_WINDOW', 'FEATURES', 'SUFFIXES', 'vad_model_path', 'get_vad', 'speech_probs', 'speech_segments',
-           'resample', 'vad_segments', 'speech_ratio', 'load_audio_16k', 'is_silent', 'feats_per_frame',
-           'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'delta', 'mfcc', 'model_folder',
-           'quiet_transformers', 'resolve_device', 'Encoder', 'get_encoder', 'parse_layers', 'NpyWriter',
-           'normalise_input', 'encode', 'make_random_model', 'whisper_encode', 'get_asr', 'transcribe', 'ctc_vocab',
-           'phoneme_ids', 'phoneme_segments', 'AudioConfig', 'available_features', 'feature_outputs', 'voiced_frames',
-           'extract', 'extract_file', 'audio_clip', 'parser', 'config_from_args', 'main']
+           'WHISPER_WINDOW', 'TOLERANCE', 'FEATURES', 'SUFFIXES', 'vad_model_path', 'get_vad', 'speech_probs',
+           'speech_segments', 'resample', 'vad_segments', 'speech_ratio', 'load_audio_16k', 'is_silent',
+           'feats_per_frame', 'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'delta', 'mfcc',
+           'model_folder', 'quiet_transformers', 'resolve_device', 'Encoder', 'get_encoder', 'parse_layers',
+           'NpyWriter', 'normalise_input', 'encode', 'make_random_model', 'whisper_encode', 'Window', 'n_rows',
+           'clip_windows', 'window_batches', 'model_dtype', 'padded_forward', 'whisper_forward', 'put_rows',
+           'encode_batch', 'layer_errors', 'get_asr', 'transcribe', 'ctc_vocab', 'phoneme_ids', 'phoneme_segments',
+           'AudioConfig', 'available_features', 'feature_outputs', 'voiced_frames', 'extract', 'extract_file',
+           'audio_clip', 'parser', 'config_from_args', 'main']
 
 # %% ../nbs/10_audio.ipynb #4e30ae4a
 SR = 16000   # every feature is computed on 16 kHz mono
@@ -357,7 +360,7 @@ def _run_chunked(xn: np.ndarray, enc: Encoder, T: int, fn, chunk_seconds: float,
     for a0, a, b, b1 in _plan(T, int(chunk_seconds * rate), int(context_seconds * rate)):
         seg = xn[a0 * S:(b1 - 1) * S + R] if b1 < T else xn[a0 * S:]
         inp = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32))[None].to(enc.device)
-        if enc.fp16: inp = inp.half()
+        inp = inp.to(next(enc.model.parameters()).dtype)          # the model's precision: float32, float16 or bfloat16
         with torch.inference_mode(): out = fn(inp)
         if out.shape[-2] < b1 - a0: raise TalkfaceError(enc.path, f'the model gave {out.shape[-2]} rows for {b1 - a0} expected')
         yield a, out[..., a - a0:b - a0, :]
@@ -471,7 +474,7 @@ def whisper_encode(x: np.ndarray, enc: Encoder, mode: str = 'exact', layers='all
     try:
         for p, k in zip(pieces, keep):
             feats = enc.extractor(p, sampling_rate=SR, return_tensors='pt')['input_features'].to(enc.device)
-            if enc.fp16: feats = feats.half()
+            feats = feats.to(next(enc.model.parameters()).dtype)
             with torch.inference_mode(): hs = enc.model(feats, output_hidden_states=True).hidden_states
             block = torch.stack([hs[i][0, :k] for i in sel]).float().cpu().numpy()
             if w: w.write(row, block)
@@ -482,6 +485,108 @@ def whisper_encode(x: np.ndarray, enc: Encoder, mode: str = 'exact', layers='all
     finally:
         if w: w.close()
     return Path(dest) if w else out
+
+# %% ../nbs/10_audio.ipynb #e6224078
+@dataclass
+class Window:
+    "One clip's slice for one forward: samples `s0:s1` of clip `clip`, starting at row `a0`; rows `a:b` of the clip are kept from it."
+    clip: int
+    s0: int
+    s1: int
+    a0: int
+    a: int
+    b: int
+
+# %% ../nbs/10_audio.ipynb #45796680
+def n_rows(enc: Encoder, n: int) -> int:
+    "Rows at 50 Hz the encoder gives for `n` samples (Whisper: one per 320 samples, a part row counting)."
+    import torch
+    if enc.kind == 'whisper': return math.ceil(n / enc.stride)
+    return int(enc.model._get_feat_extract_output_lengths(torch.tensor(n)).item())
+
+# %% ../nbs/10_audio.ipynb #9e9bfcb1
+def clip_windows(clip: int, n: int, enc: Encoder, chunk_seconds: float, context_seconds: float, whisper_mode: str = 'exact') -> list[Window]:
+    "The windows a clip of `n` samples is encoded in: the CPU's chunk plan, or Whisper's 30 s pieces."
+    if enc.kind == 'whisper':
+        if whisper_mode == 'fixed30': return [Window(clip, 0, min(n, WHISPER_WINDOW), 0, 0, 1500)]
+        starts = range(0, n, WHISPER_WINDOW)
+        rows = np.cumsum([0] + [n_rows(enc, min(WHISPER_WINDOW, n - s)) for s in starts])
+        return [Window(clip, s, min(s + WHISPER_WINDOW, n), int(r), int(r), int(r2)) for s, r, r2 in zip(starts, rows, rows[1:])]
+    S, R, T, rate = enc.stride, enc.receptive, n_rows(enc, n), SR / enc.stride
+    return [Window(clip, a0 * S, (b1 - 1) * S + R if b1 < T else n, a0, a, b)
+            for a0, a, b, b1 in _plan(T, int(chunk_seconds * rate), int(context_seconds * rate))]
+
+# %% ../nbs/10_audio.ipynb #a8503cd2
+def window_batches(wins: list[Window], enc: Encoder, max_seconds: float = 240.0, max_items: int = 64) -> list[list[Window]]:
+    "The windows in forwards: by length, at most `max_items` and `max_seconds` of padded audio each (one length only where padding shows)."
+    group_norm = getattr(enc.model.config, 'feat_extract_norm', '') == 'group'
+    lens = [WHISPER_WINDOW if enc.kind == 'whisper' else w.s1 - w.s0 for w in wins]
+    return [[wins[i] for i in b] for b in length_batches(lens, max_items, int(max_seconds * SR), same=group_norm)]
+
+# %% ../nbs/10_audio.ipynb #15b75534
+def model_dtype(enc: Encoder):
+    "The dtype of the model's weights: inputs are cast to it (float32, float16 or bfloat16)."
+    return next(enc.model.parameters()).dtype
+
+# %% ../nbs/10_audio.ipynb #43193d42
+def padded_forward(enc: Encoder, segs: list, sel: list[int]) -> list[np.ndarray]:
+    "Hidden states `(len(sel), t, D)` float32 of each segment, in one forward: zero-padded to the longest, with an attention mask when lengths differ."
+    import torch
+    lens = [len(s) for s in segs]
+    x = np.zeros((len(segs), max(lens)), np.float32)
+    for k, s in enumerate(segs): x[k, :len(s)] = s
+    mask = (np.arange(x.shape[1]) < np.array(lens)[:, None]).astype(np.int64) if len(set(lens)) > 1 else None
+    with torch.inference_mode():
+        out = enc.model(to_device(x, enc.device).to(model_dtype(enc)), output_hidden_states=True,
+                        attention_mask=None if mask is None else to_device(mask, enc.device)).hidden_states
+        h = np.stack([out[i].float().cpu().numpy() for i in sel], 1)         # (B, L, T, D)
+    return [h[k, :, :n_rows(enc, n)] for k, n in enumerate(lens)]
+
+# %% ../nbs/10_audio.ipynb #c298f3fc
+def whisper_forward(enc: Encoder, segs: list, sel: list[int]) -> list[np.ndarray]:
+    "Whisper encoder states `(len(sel), 1500, D)` float32 of each piece (up to 30 s, padded to 30 s as Whisper is), in one forward."
+    import torch
+    feats = enc.extractor(list(segs), sampling_rate=SR, return_tensors='np')['input_features']
+    with torch.inference_mode():
+        out = enc.model(to_device(feats.astype(np.float32), enc.device).to(model_dtype(enc)), output_hidden_states=True).hidden_states
+        h = np.stack([out[i].float().cpu().numpy() for i in sel], 1)
+    return list(h)
+
+# %% ../nbs/10_audio.ipynb #b47ed25e
+def put_rows(sink, a: int, block: np.ndarray):
+    "Rows `a:a+t` of a clip's output (an array or an `NpyWriter`), clipped to its length."
+    if isinstance(sink, NpyWriter): sink.write(a, block)
+    else: sink[:, a:a + block.shape[1]] = block[:, :max(0, sink.shape[1] - a)]
+
+# %% ../nbs/10_audio.ipynb #7cae7c89
+def encode_batch(xs: list, enc: Encoder, layers='all', chunk_seconds: float = 30.0, context_seconds: float = 5.0, n_outs=None,
+                 dests=None, dtype='float32', max_seconds: float = 240.0, max_items: int = 64, whisper_mode: str = 'exact') -> list:
+    "Hidden states `(len(layers), T, D)` at 50 Hz of each clip of `xs`, many windows per forward; written to `dests[i]` (.npy) when given."
+    sel = parse_layers(layers, enc.n_hidden, enc.path)
+    inputs = [x if enc.kind == 'whisper' else normalise_input(x, enc, True if enc.kind == 'hubert' else None) for x in xs]
+    wins = [w for i, x in enumerate(inputs) for w in clip_windows(i, len(x), enc, chunk_seconds, context_seconds, whisper_mode)]
+    T = [max(w.b for w in wins if w.clip == i) for i in range(len(xs))]
+    n_outs = [T[i] if n_outs is None or n_outs[i] is None or whisper_mode == 'fixed30' else int(n_outs[i]) for i in range(len(xs))]
+    D = enc.model.config.d_model if enc.kind == 'whisper' else enc.model.config.hidden_size
+    sinks = [NpyWriter(dests[i], (len(sel), n, D), dtype) if dests else np.zeros((len(sel), n, D), dtype) for i, n in enumerate(n_outs)]
+    forward = whisper_forward if enc.kind == 'whisper' else padded_forward
+    try:
+        for group in window_batches(wins, enc, max_seconds, max_items):
+            for w, h in zip(group, forward(enc, [inputs[w.clip][w.s0:w.s1] for w in group], sel)):
+                put_rows(sinks[w.clip], w.a, h[:, w.a - w.a0:w.b - w.a0])
+                if w.b == T[w.clip] and n_outs[w.clip] > T[w.clip]: put_rows(sinks[w.clip], T[w.clip], np.repeat(h[:, w.b - w.a0 - 1:w.b - w.a0], n_outs[w.clip] - T[w.clip], 1))
+    finally:
+        for s in sinks:
+            if isinstance(s, NpyWriter): s.close()
+    return [Path(d) for d in dests] if dests else sinks
+
+# %% ../nbs/10_audio.ipynb #657fdad4
+TOLERANCE = {'float32': 1e-5, 'float16': 1e-2, 'bfloat16': 3e-2}   # relative RMS per layer from one float32 clip alone
+
+def layer_errors(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
+    "The relative RMS difference of `other` from `ref`, per hidden state of two `(L, T, D)` outputs."
+    ref, other = np.asarray(ref, np.float64), np.asarray(other, np.float64)
+    return np.sqrt(((other - ref) ** 2).mean((1, 2)) / np.maximum((ref ** 2).mean((1, 2)), 1e-30))
 
 # %% ../nbs/10_audio.ipynb #6264fe17
 def get_asr(path, device: str = 'cpu'):

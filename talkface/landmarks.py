@@ -315,7 +315,7 @@ def pipnet_points(net, heads):
     nb = net.num_nb
     x, y = cx + at(ox, 1)[..., 0], cy + at(oy, 1)[..., 0]                            # (K, N)
     gx, gy = cx[..., None] + at(nbx, nb), cy[..., None] + at(nby, nb)                # (K, N, nb): point i's guess of its neighbours
-    r1, r2 = torch.as_tensor(net.reverse_index1), torch.as_tensor(net.reverse_index2)
+    r1, r2 = (torch.as_tensor(r, device=cls.device) for r in (net.reverse_index1, net.reverse_index2))
     mx = torch.cat([x[..., None], gx[:, r1, r2].reshape(K, N, net.max_len)], -1).mean(-1)
     my = torch.cat([y[..., None], gy[:, r1, r2].reshape(K, N, net.max_len)], -1).mean(-1)
     return torch.stack([mx, my], -1) / (net.input_size / net.net_stride)

@@ -1,0 +1,248 @@
+"""The GPU batch path, on the CPU: the same batching, chunking and placement code with device `cpu` (and stand-in GPUs).
+
+Batched encoders against one clip at a time (padded against unpadded, per layer), the memory bound of
+chunking in rows, `--device` parsing, fallback and strict messages, GPU workers with a faked GPU count,
+Ray's `num_gpus`, and the landmark stage's batch mode."""
+import logging, subprocess, sys
+from pathlib import Path
+from types import SimpleNamespace
+import cv2, numpy as np, pytest
+from talkface import audio as A, devices, engines
+from talkface.core import Layout, Stage
+from talkface.devices import DeviceError, DeviceSpec, parse_device, placement, resolve_device
+from talkface.media import frames, load_audio
+from talkface.sample import demo_sample
+
+TALKFACE = str(Path(sys.executable).parent / 'talkface')
+SR = 16000
+
+
+@pytest.fixture(scope='module')
+def wav():
+    return load_audio(demo_sample())
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+    "Tiny random models the tests save themselves: HuBERT and wav2vec2 (layer norm), a group-norm wav2vec2, Whisper."
+    import torch, transformers as tf
+    d = tmp_path_factory.mktemp('models')
+    group = d / 'group'
+    torch.manual_seed(0)
+    tf.Wav2Vec2Model(tf.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(32,) * 7,
+                                       num_conv_pos_embedding_groups=16, feat_extract_norm='group')).save_pretrained(group)
+    tf.Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=False).save_pretrained(group)
+    return {'hubert': A.get_encoder('hubert', A.make_random_model('hubert', d / 'hubert'), 'cpu'),
+            'wav2vec2': A.get_encoder('hf', A.make_random_model('wav2vec2', d / 'wav2vec2'), 'cpu'),
+            'group': A.get_encoder('hf', group, 'cpu'),
+            'whisper': A.get_encoder('whisper', A.make_random_model('whisper', d / 'whisper'), 'cpu')}
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    "Pretend this process sees `n` GPUs (placement and `resolve_device` read `gpu_count`)."
+    def use(n):
+        monkeypatch.setattr(devices, 'gpu_count', lambda: n)
+        resolve_device.cache_clear()
+    yield use
+    resolve_device.cache_clear()
+
+
+# ---- batched encoders against one clip at a time ----
+
+@pytest.mark.parametrize('kind', ['hubert', 'wav2vec2', 'group', 'whisper'])
+def test_batched_equals_one_by_one_per_layer(models, wav, kind):
+    enc = models[kind]
+    clips = [wav[:int(s * SR)] for s in (1.0, 2.3, 0.6, 2.3)]
+    one = (lambda x: A.whisper_encode(x, enc)) if kind == 'whisper' else (lambda x: A.encode(x, enc))
+    alone = [one(x) for x in clips]
+    together = A.encode_batch(clips, enc, max_seconds=10)
+    for a, b in zip(alone, together):
+        assert a.shape == b.shape
+        assert A.layer_errors(a, b).max() < A.TOLERANCE['float32']
+
+
+def test_padded_equals_unpadded(models, wav):
+    "A short clip padded to a long one's length, with its attention mask, gives its own rows."
+    enc = models['hubert']
+    short, long = wav[:SR], wav[:3 * SR]
+    sel = list(range(enc.n_hidden))
+    xs = [A.normalise_input(x, enc, True) for x in (short, long)]
+    padded = A.padded_forward(enc, xs, sel)[0]
+    unpadded = A.padded_forward(enc, xs[:1], sel)[0]
+    assert padded.shape == unpadded.shape == (enc.n_hidden, A.n_rows(enc, SR), 32)
+    assert A.layer_errors(unpadded, padded).max() < A.TOLERANCE['float32']
+
+
+def test_group_norm_models_batch_equal_lengths_only(models, wav):
+    enc = models['group']
+    wins = [w for i, n in enumerate((SR, 2 * SR, SR, 3 * SR)) for w in A.clip_windows(i, n, enc, 30, 5)]
+    for g in A.window_batches(wins, enc, max_seconds=100):
+        assert len({w.s1 - w.s0 for w in g}) == 1
+    assert [len(g) for g in A.window_batches(wins, models['hubert'], max_seconds=100)] == [4]   # layer norm: padding is fine
+
+
+def test_bfloat16_within_tolerance(models, wav):
+    import copy, torch
+    enc = models['hubert']
+    half = A.Encoder('hubert', enc.path, copy.deepcopy(enc.model).to(torch.bfloat16), enc.extractor, 'cpu')
+    clips = [wav[:SR], wav[:2 * SR]]
+    for a, b in zip([A.encode(x, enc) for x in clips], A.encode_batch(clips, half)):
+        assert b.dtype == np.float32 and A.layer_errors(a, b).max() < A.TOLERANCE['bfloat16']
+
+
+def test_chunking_bounds_each_forward_in_rows(models, wav):
+    "A 200 s clip among short ones: every window at most chunk + 2 x context long, every forward within its budget, same rows as alone."
+    enc = models['hubert']
+    long = np.tile(wav, 45)[:200 * SR]
+    clips = [long, wav[:SR], wav[:2 * SR]]
+    chunk, context, budget = 20.0, 2.0, 50.0
+    wins = [w for i, x in enumerate(clips) for w in A.clip_windows(i, len(x), enc, chunk, context)]
+    rows = [A.n_rows(enc, w.s1 - w.s0) for w in wins]
+    assert max(rows) <= (chunk + 2 * context) * 50 and len(wins) > 10
+    for g in A.window_batches(wins, enc, max_seconds=budget):
+        assert len(g) * max(w.s1 - w.s0 for w in g) <= budget * SR
+    got = A.encode_batch(clips, enc, 'last', chunk, context, max_seconds=budget)
+    want = A.encode(long, enc, 'last', chunk_seconds=chunk, context_seconds=context)
+    assert got[0].shape == want.shape == (1, A.n_rows(enc, len(long)), 32)
+    assert A.layer_errors(want, got[0]).max() < A.TOLERANCE['float32']
+
+
+def test_written_to_files_and_padded_to_the_video(models, wav, tmp_path):
+    enc = models['hubert']
+    clips = [wav[:int(1.5 * SR)], wav[:SR]]
+    n_outs = [2 * A.n_video_frames(len(x)) + 3 for x in clips]
+    files = A.encode_batch(clips, enc, 'last', n_outs=n_outs, dests=[tmp_path / 'a.npy', tmp_path / 'b.npy'], dtype='float16')
+    for f, x, n in zip(files, clips, n_outs):
+        got, want = np.load(f), A.encode(x, enc, 'last', n_out=n)
+        assert got.dtype == np.float16 and got.shape == want.shape
+        assert np.allclose(got, want, atol=2e-3)
+
+
+# ---- --device: parsing, fallback, strict ----
+
+def test_parse_device():
+    assert parse_device('cuda:2!') == DeviceSpec('cuda', 2, True)
+    assert parse_device('') == DeviceSpec()
+    for bad in ('gpu', 'cuda:a', 'cpu:1', 'tpu!'):
+        with pytest.raises(DeviceError, match='is not a device'): parse_device(bad)
+
+
+def test_fallback_and_strict_with_no_gpu(fake_gpus, caplog):
+    fake_gpus(0)
+    with caplog.at_level(logging.WARNING, logger='talkface'):
+        assert resolve_device('cuda') == 'cpu' and resolve_device('cuda') == 'cpu'
+    assert [r.getMessage() for r in caplog.records] == ['--device cuda: no CUDA GPU is visible here; running on the CPU']   # once
+    with pytest.raises(DeviceError, match=r'--device cuda!: no CUDA GPU is visible here \(use --device cuda'): resolve_device('cuda!')
+    assert resolve_device('auto') == 'cpu' and placement('cuda') == ('cpu', [])
+
+
+def test_devices_with_fake_gpus(fake_gpus, monkeypatch):
+    fake_gpus(2)
+    assert [resolve_device(d) for d in ('auto', 'cuda', 'cuda:1', 'cpu')] == ['cuda:0', 'cuda:0', 'cuda:1', 'cpu']
+    monkeypatch.setenv('TALKFACE_CUDA', 'cuda:1')               # inside the second GPU worker
+    resolve_device.cache_clear()
+    assert resolve_device('cuda') == 'cuda:1'
+    assert placement('cuda') == ('cuda', [0, 1]) and placement('cuda:1!') == ('cuda:1', [1])
+    with pytest.raises(DeviceError, match='no such CUDA GPU'): placement('cuda:5!')
+
+
+def run_cli(args, cwd):
+    return subprocess.run([TALKFACE, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_device_cuda_without_gpu(tmp_path):
+    if devices.gpu_count(): pytest.skip('this machine has a GPU')
+    (tmp_path / 'in').mkdir()
+    (tmp_path / 'in' / 'a.mp4').write_bytes(demo_sample().read_bytes())
+    r = run_cli(['run', '--input', 'in', '--output', 'out', '--stages', 'scenes', '--device', 'cuda', '--workers', '2'], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == ['--device cuda: no CUDA GPU is visible here; running on the CPU']
+    for args in (['run', '--input', 'in', '--output', 'out2', '--device', 'cuda!'],
+                 ['landmarks', '--input', 'in', '--output', 'out3', '--device', 'cuda:0!'],
+                 ['run', '--input', 'in', '--output', 'out2', '--device', 'gpu']):
+        r = run_cli(args, tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr, r.stderr
+        assert '--device' in r.stderr
+    assert not (tmp_path / 'out2').exists()
+
+
+# ---- placement: GPU workers beside the CPU workers, Ray's num_gpus ----
+
+def test_local_engine_one_gpu_worker_per_gpu(fake_gpus, tmp_path):
+    from talkface.pipeline import RunConfig, make_engine
+    fake_gpus(2)
+    run = RunConfig(device='cuda', workers=2, gpu_batch=3)
+    e = make_engine(run)
+    try:
+        assert e.gpu.gpus == [0, 1] and e.pool is not None
+        gpu_stage = Stage('g', engines.where_it_ran, dict, {}, gpu=True)
+        cpu_stage = Stage('c', engines.where_it_ran, dict, {})
+        for c in 'abcdefg': e.submit(engines.Task('g', c, c), Layout(tmp_path), run, gpu_stage)
+        for c in 'xy': e.submit(engines.Task('c', c, c), Layout(tmp_path), run, cpu_stage)
+        assert sorted(len(t) for _, t in e.gpu.busy.values()) == [1, 1] and len(e.gpu.queue) == 5
+        got = {t.clip: r.figures for t, r in e.results()}
+    finally: e.close()
+    assert {got[c]['gpu'] for c in 'abcdefg'} == {'cuda:0', 'cuda:1'}
+    assert len({got[c]['pid'] for c in 'abcdefg'}) == 2                  # one process per GPU
+    assert {got[c]['gpu'] for c in 'xy'} == {''}                         # CPU stages on the CPU workers
+    assert not {got[c]['pid'] for c in 'xy'} & {got[c]['pid'] for c in 'abcdefg'}
+
+
+def test_no_gpu_workers_on_the_cpu(fake_gpus):
+    from talkface.pipeline import RunConfig, make_engine, place
+    fake_gpus(0)
+    e = make_engine(RunConfig(device='cuda', workers=1))
+    assert e.gpu is None and place(RunConfig(device='cuda')) == ('cpu', [])
+    fake_gpus(4)
+    assert place(RunConfig(device='cpu')) == ('cpu', []) and place(RunConfig(device='cuda:2')) == ('cuda:2', [2])
+
+
+def test_gpu_stage_settings():
+    from talkface.landmarks import LandmarksConfig
+    st = Stage('lm', engines.where_it_ran, LandmarksConfig, {}, gpu=lambda c: c.backend == 'pipnet')
+    assert engines.wants_gpu(st, LandmarksConfig(backend='pipnet')) and not engines.wants_gpu(st, LandmarksConfig())
+
+
+def test_ray_asks_for_a_gpu_for_gpu_stages(tmp_path):
+    calls = []
+    class Remote:
+        def options(self, **kw):
+            calls.append(kw)
+            return SimpleNamespace(remote=lambda *a: object())
+    for use_gpu in (True, False):
+        e = engines.RayEngine.__new__(engines.RayEngine)
+        e.remote, e.use_gpu, e.refs = Remote(), use_gpu, {}
+        run = SimpleNamespace(stage_configs={})
+        e.submit(engines.Task('g', 'a', 'a'), Layout(tmp_path), run, Stage('g', engines.where_it_ran, dict, {}, gpu=True))
+        e.submit(engines.Task('c', 'a', 'a'), Layout(tmp_path), run, Stage('c', engines.where_it_ran, dict, {}))
+    assert [c['num_gpus'] for c in calls] == [1, 0, 0, 0] and all(c['num_cpus'] == 1 for c in calls)
+
+
+# ---- the landmark stage in batch mode ----
+
+@pytest.fixture(scope='module')
+def pipnet_ckpt(tmp_path_factory):
+    import torch
+    from talkface.landmarks import PIPNET_FILE, build_pipnet
+    p = tmp_path_factory.mktemp('pipnet') / PIPNET_FILE
+    torch.manual_seed(0)
+    torch.save(build_pipnet().state_dict(), p)
+    return p
+
+
+def test_landmark_stage_in_batch_mode(pipnet_ckpt, tmp_path):
+    from talkface.landmarks import LandmarksConfig, landmarks_clip, load_landmarks
+    lay = Layout(tmp_path / 'out')
+    d = lay.path('frames', 'clip')
+    d.mkdir(parents=True)
+    imgs = [cv2.resize(f.image, (320, 180)) for f in frames(demo_sample(), step=20)][:5]
+    imgs[2] = np.zeros_like(imgs[2])                                      # a black frame
+    for i, im in enumerate(imgs): cv2.imwrite(str(d / f'{i + 1:06d}.png'), im)
+    cfg = LandmarksConfig(backend='pipnet', weights=str(pipnet_ckpt), mode='batch', batch_size=2, check_and_padding=True)
+    res = landmarks_clip('clip', lay, cfg)
+    assert res.status == 'ok' and res.figures['frames'] == 5 and res.figures['n_black'] == 1 and res.figures['padded'] == 1
+    names, pts, valid = load_landmarks(lay.dir('landmarks'), 'clip')
+    assert pts.shape == (5, 68, 2) and valid.tolist() == [True, True, False, True, True] and np.isfinite(pts).all()
+    stop = landmarks_clip('clip', lay, LandmarksConfig(backend='pipnet', weights=str(pipnet_ckpt), mode='batch', batch_size=2))
+    assert stop.figures['written'] == 2 and stop.figures['stopped_at'] == '000003.png'   # the original's rule: stop at the first missing frame
