@@ -8,7 +8,7 @@ import argparse, functools, json, math, os, sys, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import numpy as np
-from .devices import length_batches, to_device
+from .devices import length_batches, resolve_device, to_device
 from .core import (BadInput, TalkfaceError, MissingWeights, Skip, Layout, Manifest, StageResult, ok,
                            atomic_path, save_npy, write_json, log, run_each, setup_logging, weights_dir, require_weights, is_complete)
 
@@ -17,12 +17,12 @@ __all__ = ['SR', 'FPS', 'VAD_WINDOW', 'VAD_CONTEXT', 'AUDIO_EXTS', 'SILENCE_PEAK
            'WHISPER_WINDOW', 'TOLERANCE', 'FEATURES', 'SUFFIXES', 'vad_model_path', 'get_vad', 'speech_probs',
            'speech_segments', 'resample', 'vad_segments', 'speech_ratio', 'load_audio_16k', 'is_silent',
            'feats_per_frame', 'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'delta', 'mfcc',
-           'model_folder', 'quiet_transformers', 'resolve_device', 'Encoder', 'get_encoder', 'parse_layers',
-           'NpyWriter', 'normalise_input', 'encode', 'make_random_model', 'whisper_encode', 'Window', 'n_rows',
-           'clip_windows', 'window_batches', 'model_dtype', 'padded_forward', 'whisper_forward', 'put_rows',
-           'encode_batch', 'layer_errors', 'get_asr', 'transcribe', 'ctc_vocab', 'phoneme_ids', 'phoneme_segments',
-           'AudioConfig', 'available_features', 'feature_outputs', 'voiced_frames', 'extract', 'extract_file',
-           'audio_clip', 'parser', 'config_from_args', 'main']
+           'model_folder', 'quiet_transformers', 'Encoder', 'get_encoder', 'parse_layers', 'NpyWriter',
+           'normalise_input', 'encode', 'make_random_model', 'whisper_encode', 'Window', 'n_rows', 'clip_windows',
+           'window_batches', 'model_dtype', 'padded_forward', 'whisper_forward', 'put_rows', 'encode_batch',
+           'layer_errors', 'get_asr', 'transcribe', 'ctc_vocab', 'phoneme_ids', 'phoneme_segments', 'AudioConfig',
+           'available_features', 'feature_outputs', 'voiced_frames', 'extract', 'extract_file', 'audio_clip', 'parser',
+           'config_from_args', 'main']
 
 # %% ../nbs/10_audio.ipynb #4e30ae4a
 SR = 16000   # every feature is computed on 16 kHz mono
@@ -236,15 +236,6 @@ def quiet_transformers():
     "Silence transformers' progress bars and advice (errors still show); called by the loaders here."
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
-
-@functools.lru_cache(maxsize=None)
-def resolve_device(name: str = 'cuda') -> str:
-    "'auto' or 'cuda' mean CUDA when available; like the original, a missing GPU falls back to the CPU with a warning."
-    from talkface.faces import resolve_device as auto_device
-    name = auto_device(name)
-    if name.startswith('cuda') and auto_device('auto') != 'cuda':
-        log.warning('CUDA is not available on this device. Switching to CPU.'); return 'cpu'
-    return name
 
 # %% ../nbs/10_audio.ipynb #07ff2d32
 @dataclass
@@ -788,7 +779,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--model_path', default=None, help='model folder (default: weights/chinese-hubert-large for hubert, '
                    'weights/whisper-large-v2 for whisper and asr, weights/wavlm-base-plus for hf, '
                    'weights/wav2vec2-lv-60-espeak-cv-ft for phonemes)')
-    p.add_argument('--computed_device', default=d.computed_device, choices=['cuda', 'cpu', 'auto'], help='cuda falls back to cpu when absent')
+    p.add_argument('--computed_device', default=d.computed_device, help='auto, cpu, cuda or cuda:N; cuda falls back to cpu when absent, cuda! stops')
     p.add_argument('--padding_to_align_audio', type=_bool, default=True, help='pad/trim 50 Hz features to 2 rows per 25 fps video frame')
     p.add_argument('--layers', default='all', help="hidden states to keep: all, last, or indices such as 0,12,-1")
     p.add_argument('--whisper_mode', default='exact', choices=['exact', 'fixed30'], help='exact: T follows the audio; fixed30: the original 1500 rows')

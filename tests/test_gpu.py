@@ -246,3 +246,39 @@ def test_landmark_stage_in_batch_mode(pipnet_ckpt, tmp_path):
     assert pts.shape == (5, 68, 2) and valid.tolist() == [True, True, False, True, True] and np.isfinite(pts).all()
     stop = landmarks_clip('clip', lay, LandmarksConfig(backend='pipnet', weights=str(pipnet_ckpt), mode='batch', batch_size=2))
     assert stop.figures['written'] == 2 and stop.figures['stopped_at'] == '000003.png'   # the original's rule: stop at the first missing frame
+
+
+# ---- papermill on a GPU (here: its clean fallback) ----
+
+def test_batch_audio_notebook_with_device_cuda(tmp_path, wav):
+    from talkface.media import save_wav
+    save_wav(tmp_path / 'in' / 'a.wav', wav[:2 * SR])
+    r = run_cli(['batch', 'audio', '--input', 'in', '--output', 'out', '-p', 'device', 'cuda!' if not devices.gpu_count() else 'cpu!x'], tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and '--device' in r.stderr, r.stderr
+    hubert = A.make_random_model('hubert', tmp_path / 'hubert')
+    r = run_cli(['batch', 'audio', '--input', 'in', '--output', 'out', '-p', 'device', 'cuda', '-p', 'feature', 'hubert', '-p', 'model_path', str(hubert)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stderr.splitlines() if 'IPKernelApp' not in l]          # (the kernel's own note about its transport)
+    if not devices.gpu_count(): assert lines == ['--device cuda: no CUDA GPU is visible here; running on the CPU'], r.stderr
+    executed = tmp_path / 'out' / 'notebooks' / '10_audio.ipynb'
+    assert executed.exists() and (tmp_path / 'out' / 'a.npy').exists()
+    import json
+    injected = [''.join(c['source']) for c in json.loads(executed.read_text())['cells'] if 'injected-parameters' in c['metadata'].get('tags', [])]
+    assert 'device = "cpu"' in injected[0] or devices.gpu_count(), injected
+
+
+def test_plain_papermill_audio_with_device_cuda(tmp_path, wav):
+    "The README's papermill line (with -k and -l: cleaned notebooks carry no kernelspec): on a CPU-only machine it falls back, one warning, no traceback."
+    import json
+    from talkface.media import save_wav
+    nb = Path(__file__).parent.parent / 'nbs' / '10_audio.ipynb'
+    save_wav(tmp_path / 'in' / 'a.wav', wav[:2 * SR])
+    r = subprocess.run([str(Path(sys.executable).parent / 'papermill'), str(nb), str(tmp_path / 'log.ipynb'), '-p', 'input_dir', str(tmp_path / 'in'),
+                        '-p', 'output_dir', str(tmp_path / 'out'), '-p', 'feature', 'hubert', '-p', 'model_path', str(A.make_random_model('hubert', tmp_path / 'h')),
+                        '-p', 'device', 'cuda', '--cwd', str(nb.parent),
+                        '-k', 'python3', '-l', 'python'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / 'out' / 'a.npy').exists()
+    outputs = [o for c in json.loads((tmp_path / 'log.ipynb').read_text())['cells'] for o in c.get('outputs', [])]
+    assert not [o for o in outputs if o['output_type'] == 'error']
+    assert devices.gpu_count() or any('running on the CPU' in ''.join(o.get('text', '')) for o in outputs)
