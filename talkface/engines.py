@@ -11,8 +11,8 @@ from fastcore.basics import patch
 from .core import Layout, Stage, StageResult, failed, log, run_stage
 
 # %% auto #0
-__all__ = ['Task', 'execute', 'wants_gpu', 'execute_batch', 'where_it_ran', 'GpuWorkers', 'LocalEngine', 'ray_options',
-           'RayEngine']
+__all__ = ['Task', 'execute', 'wants_gpu', 'execute_batch', 'batch_results', 'where_it_ran', 'where_they_ran', 'GpuWorkers',
+           'LocalEngine', 'ray_options', 'RayEngine']
 
 # %% ../nbs/11a_engines.ipynb #0536d49e
 @dataclass
@@ -70,14 +70,34 @@ def _init_gpu_worker(threads: int, gpu: int):
 
 # %% ../nbs/11a_engines.ipynb #79711562
 def execute_batch(tasks: list, layout: Layout, run, stage: Stage) -> list[StageResult]:
-    "Run several tasks of one stage in this process (a GPU worker), one result per task."
+    "Several tasks of one stage in this process (a GPU worker), a result each: in one call when the stage declares `batch`, else one by one."
+    if stage.batch is None or stage.fanout: return [execute(t, layout, run, stage) for t in tasks]
+    _worker_logging(layout.root)
+    cfg = run.stage_configs.get(stage.name) or stage.config()
+    res = run_stage(lambda clips: stage.batch(clips, layout, cfg), [t.clip for t in tasks])
+    if res.ok: return res.figures['results']
+    log.warning('%s: a batch of %d clips failed as a whole (%s): clip by clip', stage.name, len(tasks), res.reason)
     return [execute(t, layout, run, stage) for t in tasks]
+
+# %% ../nbs/11a_engines.ipynb #7bbdfc3a
+def batch_results(results: list[StageResult], seconds: float) -> StageResult:
+    "What a stage's `batch` returns through `run_stage`: the clips' results (each timed with its share of the batch) in one ok result."
+    from talkface.core import ok
+    for r in results: r.seconds = round(r.seconds + seconds / max(len(results), 1), 4)
+    return ok(results=results)
 
 # %% ../nbs/11a_engines.ipynb #b5affea5
 def where_it_ran(clip: str, layout: Layout, cfg) -> StageResult:
     "A stand-in stage function that records where it ran (process id, GPU, threads): for checking how an engine places work."
     from talkface.core import ok
     return ok(pid=os.getpid(), gpu=os.environ.get('TALKFACE_CUDA', ''), threads=os.environ.get('TALKFACE_THREADS', ''))
+
+# %% ../nbs/11a_engines.ipynb #191902e7
+def where_they_ran(clips: list, layout: Layout, cfg) -> StageResult:
+    "A stand-in `batch` function: `where_it_ran` for each clip, and how many clips came together."
+    res = [where_it_ran(c, layout, cfg) for c in clips]
+    for r in res: r.figures['together'] = len(clips)
+    return batch_results(res, 0.0)
 
 # %% ../nbs/11a_engines.ipynb #f1d4dc25
 class GpuWorkers:
