@@ -12,7 +12,7 @@ from fastcore.basics import patch
 from .core import (BadInput, Layout, Manifest, OutOfSpace, Stage, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
                            is_done, link_or_copy, load_stages, log, progress, stage_order)
 from .devices import DeviceSpec, parse_device, placement
-from .engines import LocalEngine, RayEngine, Task
+from .engines import LocalEngine, RayEngine, Task, wants_gpu
 
 # %% auto #0
 __all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare', 'check', 'effective_after',
@@ -95,9 +95,10 @@ def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
     "Apply the run's settings to its stages' configs (the device, then each stage's `prepare`); what they left out, as warnings."
     cfgs = [stage_config(run, s) for s in stages]     # every config exists before any hook looks at another stage's
     device = place(run)[0]
-    for c in cfgs:
-        for f in ('device', 'computed_device'):
-            if hasattr(c, f): setattr(c, f, device)
+    for s, c in zip(stages, cfgs):
+        for f in [f for f in ('device', 'computed_device') if hasattr(c, f)]:
+            setattr(c, f, device)
+            if not wants_gpu(s, c): setattr(c, f, 'cpu')     # a stage that runs on the CPU workers never opens a CUDA context
     notes = []
     for s, c in zip(stages, cfgs):
         if s.prepare: notes += s.prepare(c, run) or []

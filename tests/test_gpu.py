@@ -282,3 +282,17 @@ def test_plain_papermill_audio_with_device_cuda(tmp_path, wav):
     outputs = [o for c in json.loads((tmp_path / 'log.ipynb').read_text())['cells'] for o in c.get('outputs', [])]
     assert not [o for o in outputs if o['output_type'] == 'error']
     assert devices.gpu_count() or any('running on the CPU' in ''.join(o.get('text', '')) for o in outputs)
+
+
+def test_only_gpu_stages_get_the_gpu(fake_gpus):
+    from talkface.core import stage_order
+    from talkface.pipeline import RunConfig, prepare
+    fake_gpus(1)
+    run = RunConfig(device='cuda')
+    prepare(run, stage_order())
+    c = run.stage_configs
+    assert (c['audio'].computed_device, c['filter'].device, c['crop'].device, c['landmarks'].device) == ('cuda', 'cpu', 'cpu', 'cpu')   # dlib: CPU
+    run = RunConfig(device='cuda:0')
+    run.stage_configs['landmarks'] = type(c['landmarks'])(backend='pipnet')
+    prepare(run, stage_order())
+    assert run.stage_configs['landmarks'].device == 'cuda:0'
