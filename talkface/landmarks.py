@@ -565,7 +565,7 @@ def use_video_source(cfg, run):
 # %% ../nbs/07_landmarks.ipynb #ff33b5b6
 def check_landmarker(cfg: LandmarksConfig):
     "Before any clip: load the landmarker once, so a missing weight file is said once, not per clip."
-    get_landmarker(cfg.backend, cfg.weights, cfg.device)
+    get_landmarker(cfg.backend, cfg.weights, 'cpu')       # on the CPU: the driver holds no GPU memory; the GPU workers load their own
 
 # %% ../nbs/07_landmarks.ipynb #9665bae4
 register(Stage('landmarks', landmarks_clip, LandmarksConfig, {'landmarks': 'specified_formats/videos/landmarks'},
