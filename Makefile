@@ -20,8 +20,10 @@ demo: install
 	$(BIN)/talkface demo --output $(DEMO)
 
 # README.md is made from nbs/index.ipynb. (nbdev_readme needs Quarto, which can't be installed offline.)
+# Cells tagged hide-input (and marked `#| echo: false` for nbdev) show their output only: no code in the README.
 readme: install
-	$(BIN)/jupyter nbconvert --log-level=WARN --to markdown --TemplateExporter.exclude_input_prompt=True --output-dir . --output README nbs/index.ipynb
+	$(BIN)/jupyter nbconvert --log-level=WARN --to markdown --TemplateExporter.exclude_input_prompt=True \
+	  --TagRemovePreprocessor.enabled=True --TagRemovePreprocessor.remove_input_tags='{"hide-input"}' --output-dir . --output README nbs/index.ipynb
 
 # The library must be what nbdev_export makes from nbs/, and every notebook must be clean.
 check-sync: install

@@ -53,7 +53,7 @@ def ours_clip(mp4: Path, decode_threads: int = 0) -> int:
     from talkface.pose import head_pose
     from talkface.aus import geometry_table
     tr = track_landmarks(tracker_frames(mp4, threads=decode_threads))  # luma planes, straight from the decoder
-    pose = head_pose(tr.pts, 512, 512)
+    pose = head_pose(tr.pts)
     aus, _ = geometry_table(tr.pts, tr.valid, fps=25)
     assert tr.valid.all() and not np.isnan(pose).any() and len(aus) == len(tr)
     return len(tr)

@@ -40,7 +40,7 @@ def startup() -> float:
     "Wall seconds for one fresh worker process to import every stage and load the CPU models."
     return timed([sys.executable, '-c', 'import talkface.pipeline, talkface.scenes, talkface.filters, talkface.crop, talkface.convert, '
                   'talkface.landmarks, talkface.pose, talkface.aus, talkface.audio; from talkface.faces import get_detector; '
-                  'from talkface.landmarks import get_landmarker; from talkface.audio import get_vad; get_detector(); get_landmarker(); get_vad()'])
+                  'from talkface.landmarks import get_landmarker; from talkface.vad import get_vad; get_detector(); get_landmarker(); get_vad()'])
 
 
 BUSY = [0.0]   # cores kept busy by the last timed command: its CPU time (all its processes) over its wall time

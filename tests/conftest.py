@@ -7,7 +7,7 @@ from talkface.sample import demo_sample
 
 BIN = Path(sys.executable).parent
 STAGES = 'scenes,filter,crop,convert,landmarks,pose,aus,audio'
-IGNORED = {'manifest.sqlite', 'manifest.sqlite-wal', 'manifest.sqlite-shm', 'talkface.log', '.talkface.lock'}
+IGNORED = {'run.json', 'manifest.sqlite', 'manifest.sqlite-wal', 'manifest.sqlite-shm', 'talkface.log', '.talkface.lock'}
 
 
 TIMINGS = {'seconds', 'detect_s', 'split_s', 'measure_s'}   # how long a step took: differs from run to run

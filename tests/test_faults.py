@@ -55,13 +55,14 @@ def clean(short_clip, tmp_path_factory):
 # -- (b) a hung ffmpeg ----------------------------------------------------------------------------------------------
 
 def test_hung_ffmpeg_is_stopped_by_the_timeout_and_recorded(tmp_path):
-    # an ffmpeg that hangs on any input file (it answers PySceneDetect's `ffmpeg -v quiet` probe at import at once)
+    # an ffmpeg, chosen with TALKFACE_FFMPEG, that hangs on any input file (it answers `-version` and PySceneDetect's probe at once)
     fake = tmp_path / 'bin'; fake.mkdir()
     pids = tmp_path / 'pids'
-    (fake / 'ffmpeg').write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "-i" ] && echo $$ >> "{pids}" && exec sleep 317; done\nexit 0\n')
+    (fake / 'ffmpeg').write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "-i" ] && echo $$ >> "{pids}" && exec sleep 317; done\n'
+                                 'echo "ffmpeg version 9.0 (a stand-in that hangs)"\nexit 0\n')
     (fake / 'ffmpeg').chmod(0o755)
     inp = make_inputs(tmp_path, 1)                       # the 8 s sample: two shots, so scenes runs ffmpeg to split it
-    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", TALKFACE_FFMPEG_TIMEOUT='3')
+    env = dict(os.environ, TALKFACE_FFMPEG=str(fake / 'ffmpeg'), TALKFACE_FFMPEG_TIMEOUT='3')
     t0 = time.time()
     r = talkface('run', '--input', inp, '--output', tmp_path / 'out', '--stages', 'scenes', '--workers', 1, env=env)
     took = time.time() - t0

@@ -296,3 +296,23 @@ def test_only_gpu_stages_get_the_gpu(fake_gpus):
     run.stage_configs['landmarks'] = type(c['landmarks'])(backend='pipnet')
     prepare(run, stage_order())
     assert run.stage_configs['landmarks'].device == 'cuda:0'
+
+
+def test_pipeline_audio_on_a_gpu_worker_in_batches(fake_gpus, models, wav, tmp_path):
+    "A run whose audio stage goes to a (stand-in) GPU worker, several clips per call: the same files as a CPU run, within tolerance."
+    from talkface.media import save_wav
+    from talkface.pipeline import RunConfig, apply_settings, run_pipeline
+    inp = tmp_path / 'in'
+    for i, n in enumerate((1.0, 2.5, 1.7, 3.0)): save_wav(inp / f'c{i}.wav', wav[:int(n * SR)])
+    settings = {'audio': {'features': 'mfcc,hubert', 'model_path': models['hubert'].path, 'layers': 'all'}}
+    cpu = run_pipeline(apply_settings(RunConfig(input=str(inp), output=str(tmp_path / 'cpu'), stages='audio', device='cpu', workers=1), settings))
+    fake_gpus(1)
+    gpu = run_pipeline(apply_settings(RunConfig(input=str(inp), output=str(tmp_path / 'gpu'), stages='audio', device='cuda', workers=1,
+                                                gpu_batch=3), settings))
+    assert cpu.counts() == gpu.counts() == {'audio': {'ok': 4}}
+    for i in range(4):
+        a, b = (np.load(tmp_path / r / 'specified_formats/audios/hubert_features' / f'c{i}.npy') for r in ('cpu', 'gpu'))
+        assert a.shape == b.shape and A.layer_errors(a, b).max() < A.TOLERANCE['float32']
+    log = (tmp_path / 'gpu' / 'talkface.log').read_text()
+    assert 'running on the CPU' in log                      # the stand-in GPU worker fell back, as a real one never does
+    assert 'audio: 1 clips at once' in log and 'audio: 3 clips at once' in log   # the first alone, the three that waited together

@@ -1,5 +1,5 @@
 "`talkface run` end to end: layout, resume after SIGKILL, the Ray engine, status, batch."
-import hashlib, os, shutil, signal, sqlite3, subprocess, sys, time
+import hashlib, json, os, shutil, signal, sqlite3, subprocess, sys, time
 from pathlib import Path
 import pytest
 from talkface.core import Layout
@@ -56,6 +56,33 @@ def test_sigkill_then_rerun_gives_identical_outputs(reference, tmp_path):
     assert r.returncode == 0, r.stderr
     assert 'Traceback' not in r.stderr
     assert tree_hashes(out) == tree_hashes(ref_root)
+
+
+def test_the_ffmpeg_on_path_changes_nothing(reference, tmp_path):
+    "An ffmpeg first on PATH is never run (here a stand-in that fails, so any use would show): the same bytes as the reference."
+    inp, ref_root, _ = reference
+    fake = tmp_path / 'bin' / 'ffmpeg'
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "ffmpeg version 4.0 (a stand-in that always fails)" >&2\nexit 1\n'); fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")   # TALKFACE_FFMPEG, if set, as for the reference
+    out = tmp_path / 'out'
+    r = subprocess.run([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(out), '--stages', 'scenes,filter,crop,convert',
+                        '--workers', '2'], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, ref = tree_hashes(out), tree_hashes(ref_root)
+    assert len(got) > 20 and got == {k: v for k, v in ref.items() if k in got}
+    assert json.loads((out / 'run.json').read_text())['ffmpeg'] == json.loads((ref_root / 'run.json').read_text())['ffmpeg']
+
+
+def test_a_chosen_ffmpeg_that_is_too_old_stops_the_run_at_start(tmp_path):
+    old = tmp_path / 'ffmpeg'
+    old.write_text('#!/bin/sh\necho "ffmpeg version 4.4.2-0ubuntu0.22.04.1 Copyright (c) 2000-2021"\n'); old.chmod(0o755)
+    inp = make_inputs(tmp_path, 1)
+    r = subprocess.run([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(tmp_path / 'out')], capture_output=True, text=True,
+                       env={**os.environ, 'TALKFACE_FFMPEG': str(old)})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert 'ffmpeg 4.4.2-0ubuntu0.22.04.1 is too old: talkface needs ffmpeg 5.1 or newer' in r.stderr
+    assert not (tmp_path / 'out' / 'manifest.sqlite').exists()
 
 
 def test_ray_engine_gives_the_same_outputs(reference, tmp_path):

@@ -14,7 +14,7 @@ def clip():
     img = grace_hopper()
     frames = [np.roll(img, 3 * i, axis=1) for i in range(6)]
     tr = track_landmarks((str(i), f) for i, f in enumerate(frames))
-    pose = head_pose(tr.pts, img.shape[1], img.shape[0])
+    pose = head_pose(tr.pts)
     aus, _ = geometry_table(tr.pts, tr.valid)
     return frames, tr.pts, pose, aus
 
