@@ -2,7 +2,14 @@
 
 Batched encoders against one clip at a time (padded against unpadded, per layer), the memory bound of
 chunking in rows, `--device` parsing, fallback and strict messages, GPU workers with a faked GPU count,
-Ray's `num_gpus`, and the landmark stage's batch mode."""
+Ray's `num_gpus`, batched face detection and landmarks against one frame at a time, and the landmark
+stage's batch mode.
+
+The tests marked `cuda` run the same code on a real GPU against the CPU and skip where torch sees none
+(`bench/gpu_check.sh` runs them on a device machine). Tolerances are relative RMS per hidden state
+(`audio.layer_errors`): float32 batched against alone on one device `TOLERANCE['float32']` (1e-5);
+CUDA float32 against the CPU `CUDA_FLOAT32` (cuDNN convolutions run in TF32 by default); float16 and
+bfloat16 against float32 `TOLERANCE['float16']`, `TOLERANCE['bfloat16']`."""
 import logging, subprocess, sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +22,10 @@ from talkface.sample import demo_sample
 
 TALKFACE = str(Path(sys.executable).parent / 'talkface')
 SR = 16000
+CUDA_FLOAT32 = 5e-3          # CUDA float32 against the CPU's float32, per layer: TF32 convolutions (cuDNN's default)
+
+
+cuda = pytest.mark.skipif(not devices.cuda_available(), reason='torch sees no CUDA GPU here')
 
 
 @pytest.fixture(scope='module')
@@ -34,6 +45,7 @@ def models(tmp_path_factory):
     tf.Wav2Vec2FeatureExtractor(do_normalize=False, return_attention_mask=False).save_pretrained(group)
     return {'hubert': A.get_encoder('hubert', A.make_random_model('hubert', d / 'hubert'), 'cpu'),
             'wav2vec2': A.get_encoder('hf', A.make_random_model('wav2vec2', d / 'wav2vec2'), 'cpu'),
+            'wavlm': A.get_encoder('hf', A.make_random_model('wavlm', d / 'wavlm'), 'cpu'),
             'group': A.get_encoder('hf', group, 'cpu'),
             'whisper': A.get_encoder('whisper', A.make_random_model('whisper', d / 'whisper'), 'cpu')}
 
@@ -50,7 +62,7 @@ def fake_gpus(monkeypatch):
 
 # ---- batched encoders against one clip at a time ----
 
-@pytest.mark.parametrize('kind', ['hubert', 'wav2vec2', 'group', 'whisper'])
+@pytest.mark.parametrize('kind', ['hubert', 'wav2vec2', 'wavlm', 'group', 'whisper'])
 def test_batched_equals_one_by_one_per_layer(models, wav, kind):
     enc = models[kind]
     clips = [wav[:int(s * SR)] for s in (1.0, 2.3, 0.6, 2.3)]
@@ -62,16 +74,30 @@ def test_batched_equals_one_by_one_per_layer(models, wav, kind):
         assert A.layer_errors(a, b).max() < A.TOLERANCE['float32']
 
 
-def test_padded_equals_unpadded(models, wav):
+@pytest.mark.parametrize('kind', ['hubert', 'wav2vec2', 'wavlm'])
+def test_padded_equals_unpadded(models, wav, kind):
     "A short clip padded to a long one's length, with its attention mask, gives its own rows."
-    enc = models['hubert']
+    enc = models[kind]
     short, long = wav[:SR], wav[:3 * SR]
     sel = list(range(enc.n_hidden))
     xs = [A.normalise_input(x, enc, True) for x in (short, long)]
     padded = A.padded_forward(enc, xs, sel)[0]
     unpadded = A.padded_forward(enc, xs[:1], sel)[0]
-    assert padded.shape == unpadded.shape == (enc.n_hidden, A.n_rows(enc, SR), 32)
+    assert padded.shape == unpadded.shape == (enc.n_hidden, A.n_rows(enc, SR), enc.model.config.hidden_size)
     assert A.layer_errors(unpadded, padded).max() < A.TOLERANCE['float32']
+
+
+def test_forwards_longest_first_with_little_padding(models):
+    "Forty clips of 0.5-8 s: the forwards take them longest first, each clip once, and pad under 15% of what they compute (in arrival order: far more)."
+    enc = models['hubert']
+    lens = np.random.default_rng(0).integers(SR // 2, 8 * SR, 40)
+    wins = [w for i, n in enumerate(lens) for w in A.clip_windows(i, int(n), enc, 30, 5)]
+    groups = A.window_batches(wins, enc, max_seconds=40)
+    flat = [w.s1 - w.s0 for g in groups for w in g]
+    assert flat == sorted(flat, reverse=True) and sorted(w.clip for g in groups for w in g) == list(range(40))
+    def waste(gs): return sum(len(g) * max(w.s1 - w.s0 for w in g) for g in gs) / sum(flat) - 1
+    k = max(len(g) for g in groups)
+    assert waste(groups) < 0.15 < waste([wins[i:i + k] for i in range(0, len(wins), k)])
 
 
 def test_group_norm_models_batch_equal_lengths_only(models, wav):
@@ -219,6 +245,62 @@ def test_ray_asks_for_a_gpu_for_gpu_stages(tmp_path):
     assert [c['num_gpus'] for c in calls] == [1, 0, 0, 0] and all(c['num_cpus'] == 1 for c in calls)
 
 
+# ---- batched face models against one frame at a time ----
+
+@pytest.fixture(scope='module')
+def face_frames():
+    "Batches of frames of one size: the ground-truth sample at four moments with a black frame among them; the real 720p clip's (scaled to 600 px on the device) when present."
+    from talkface.media import real_sample
+    imgs = [f.image for f in frames(demo_sample(), step=30)][:4]
+    imgs.insert(2, np.zeros_like(imgs[0]))
+    real = real_sample()
+    return [imgs] + ([[f.image for f in frames(real, step=40)][:3]] if real else [])
+
+
+def test_detect_batch_equals_one_by_one(face_frames):
+    "FaceBoxesV2 over a batch gives each frame the boxes it gets alone (through the prefetch and the same tensors a GPU gets), and OpenCV's one-frame boxes."
+    from talkface.devices import device_batches
+    from talkface.faces import FaceBoxes, iou
+    det = FaceBoxes('cpu')
+    for batch in face_frames:
+        together = [b for _, x in device_batches(batch, len(batch), 'cpu') for b in det.detect_batch(x)]
+        for f, t in zip(batch, together):
+            alone = det.detect_batch(f[None])[0]
+            assert t.shape == alone.shape and np.allclose(t, alone, atol=1e-2), (t, alone)
+            one = det.detect(f)
+            assert len(one) == len(t) and all(iou(p, q) > 0.98 and abs(p[4] - q[4]) < 0.02 for p, q in zip(t, one)), (t, one)
+        assert [len(b) > 0 for b in together] == [f.any() for f in batch]      # a face in every frame but the black one
+
+
+def test_pipnet_fit_batch_equals_torchlm_one_by_one(pipnet_ckpt, face_frames):
+    "Crops of exactly 256 px (roi_align samples them as cv2.resize does): the batch of frames fitted at once equals torchlm's fit frame by frame."
+    import torch
+    from talkface.landmarks import PipnetLandmarker, pipnet_crops
+    lm = PipnetLandmarker(pipnet_ckpt, 'cpu')
+    imgs = [f for f in face_frames[0] if f.any()]
+    box = np.array([500, 100, 714, 356], np.float32)                   # widened by 10% (and moved down): a 256 x 256 crop
+    c = pipnet_crops([box], *imgs[0].shape[:2])[0]
+    assert (c[2:] - c[:2]).tolist() == [256, 256]
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).flip(1).float()
+    together = lm.fit_batch(x, np.arange(len(imgs)), np.repeat(box[None], len(imgs), 0))
+    alone = np.stack([lm.fit(f, box) for f in imgs])
+    assert np.abs(together - alone).max() < 1e-3
+
+
+def test_batch_landmarks_equal_one_by_one(pipnet_ckpt, face_frames):
+    "The landmark batch path (detect, fit, settle) over five frames at once equals it frame by frame: same statuses, the same points."
+    from talkface.faces import FaceBoxes
+    from talkface.landmarks import PipnetLandmarker, batch_track
+    from talkface.media import Frame
+    det, lm = FaceBoxes('cpu'), PipnetLandmarker(pipnet_ckpt, 'cpu')
+    for batch in face_frames:
+        fr = [Frame(i, i / 25, f'{i + 1:06d}.png', im) for i, im in enumerate(batch)]
+        together, alone = batch_track(fr, lm, det, batch_size=len(fr)), batch_track(fr, lm, det, batch_size=1)
+        assert together.status == alone.status and together.pts.shape == (len(fr), 68, 2)
+        np.testing.assert_allclose(together.pts, alone.pts, atol=1e-3)   # NaN (no face) in the same places
+        assert together.status == ['detect' if f.any() else 'black' for f in batch]
+
+
 # ---- the landmark stage in batch mode ----
 
 @pytest.fixture(scope='module')
@@ -310,9 +392,100 @@ def test_pipeline_audio_on_a_gpu_worker_in_batches(fake_gpus, models, wav, tmp_p
     gpu = run_pipeline(apply_settings(RunConfig(input=str(inp), output=str(tmp_path / 'gpu'), stages='audio', device='cuda', workers=1,
                                                 gpu_batch=3), settings))
     assert cpu.counts() == gpu.counts() == {'audio': {'ok': 4}}
+    real = devices.cuda_available()                        # on a GPU machine the worker really runs on the GPU
     for i in range(4):
         a, b = (np.load(tmp_path / r / 'specified_formats/audios/hubert_features' / f'c{i}.npy') for r in ('cpu', 'gpu'))
-        assert a.shape == b.shape and A.layer_errors(a, b).max() < A.TOLERANCE['float32']
+        assert a.shape == b.shape and A.layer_errors(a, b).max() < (CUDA_FLOAT32 if real else A.TOLERANCE['float32'])
     log = (tmp_path / 'gpu' / 'talkface.log').read_text()
-    assert 'running on the CPU' in log                      # the stand-in GPU worker fell back, as a real one never does
+    assert ('running on the CPU' in log) != real            # the stand-in GPU worker fell back, as a real one never does
     assert 'audio: 1 clips at once' in log and 'audio: 3 clips at once' in log   # the first alone, the three that waited together
+
+
+# ---- on a real GPU (skipped where torch sees none; bench/gpu_check.sh runs them on a device machine) ----
+
+@cuda
+def test_cuda_device_rule_on_a_gpu():
+    import torch
+    n = torch.cuda.device_count()
+    resolve_device.cache_clear()
+    assert resolve_device('cuda!') == resolve_device('auto') == 'cuda:0' and resolve_device(f'cuda:{n - 1}!') == f'cuda:{n - 1}'
+    with pytest.raises(DeviceError, match='there is no GPU'): resolve_device(f'cuda:{n}!')
+    assert placement('cuda') == ('cuda', list(range(n))) and placement('cpu') == ('cpu', [])
+
+
+@cuda
+def test_cuda_batches_through_pinned_memory():
+    from talkface.devices import device_batches, staged
+    imgs = [np.full((4, 6, 3), i, np.uint8) for i in range(5)]
+    assert all(t.is_pinned() for _, t in staged(imgs, 2, np.stack, pin=True))
+    got = [(g, t) for g, t in device_batches(imgs, 2, 'cuda:0')]
+    assert [len(g) for g, _ in got] == [2, 2, 1] and all(t.device.type == 'cuda' for _, t in got)
+    assert np.array_equal(np.concatenate([t.cpu().numpy() for _, t in got]), np.stack(imgs))
+
+
+@cuda
+@pytest.mark.parametrize('kind', ['hubert', 'wav2vec2', 'wavlm', 'group', 'whisper'])
+def test_cuda_encoders_match_the_cpu(models, wav, kind):
+    "Each clip's features on the GPU, many clips per forward, in float32, float16 and bfloat16, against the CPU's float32 clip by clip, per layer."
+    import torch
+    enc = models[kind]
+    clips = [wav[:int(s * SR)] for s in (1.0, 2.3, 0.6, 2.3)]
+    one = (lambda x: A.whisper_encode(x, enc)) if kind == 'whisper' else (lambda x: A.encode(x, enc))
+    ref = [one(x) for x in clips]
+    for half, tol in (('', CUDA_FLOAT32), ('float16', A.TOLERANCE['float16']), ('bfloat16', A.TOLERANCE['bfloat16'])):
+        g = A.get_encoder(enc.kind, enc.path, 'cuda', fp16=half == 'float16', bf16=half == 'bfloat16')
+        assert g.device.startswith('cuda') and A.model_dtype(g) == getattr(torch, half or 'float32')
+        err = max(A.layer_errors(a, b).max() for a, b in zip(ref, g.encode_many(clips)))
+        print(f'{kind} cuda {half or "float32"} batched vs cpu float32 alone: worst layer {err:.1e} (tolerance {tol:g})')
+        assert err < tol
+
+
+@cuda
+def test_cuda_padding_changes_nothing_on_the_gpu(models, wav):
+    g = A.get_encoder('hubert', models['hubert'].path, 'cuda')
+    sel = list(range(g.n_hidden))
+    xs = [A.normalise_input(x, g, True) for x in (wav[:SR], wav[:3 * SR])]
+    err = A.layer_errors(A.padded_forward(g, xs[:1], sel)[0], A.padded_forward(g, xs, sel)[0]).max()
+    print(f'hubert cuda float32 padded vs unpadded: worst layer {err:.1e}')
+    assert err < CUDA_FLOAT32
+
+
+@cuda
+def test_cuda_memory_bounded_by_the_chunk(models, wav):
+    "Peak GPU memory encoding 200 s in 10 s chunks is at most 1.2x that for 20 s (the output stays on the host)."
+    import torch
+    g = A.get_encoder('hubert', models['hubert'].path, 'cuda')
+    def peak(seconds):
+        x = np.tile(wav, seconds * SR // len(wav) + 1)[:seconds * SR]
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        A.encode(x, g, 'all', chunk_seconds=10, context_seconds=2)
+        return torch.cuda.max_memory_allocated() - base
+    short, long = peak(20), peak(200)
+    print(f'peak GPU memory: 20 s {short / 2**20:.1f} MiB, 200 s {long / 2**20:.1f} MiB')
+    assert long <= 1.2 * short
+
+
+@cuda
+def test_cuda_face_models_match_the_cpu(pipnet_ckpt, face_frames):
+    "FaceBoxesV2 and the landmark batch path on the GPU against the CPU: the same faces, points within a pixel or so (random PIPNet weights)."
+    from talkface.devices import device_batches
+    from talkface.faces import FaceBoxes, iou
+    from talkface.landmarks import PipnetLandmarker, batch_track
+    from talkface.media import Frame
+    cpu, gpu = FaceBoxes('cpu'), FaceBoxes('cuda')
+    assert gpu.device.startswith('cuda')
+    for batch in face_frames:
+        for group, x in device_batches(batch, 3, gpu.device):
+            assert x.device.type == 'cuda'
+            for f, got in zip(group, gpu.detect_batch(x)):
+                want = cpu.detect(f)
+                assert len(got) == len(want) and all(iou(p, q) > 0.98 for p, q in zip(got, want)), (got, want)
+    fr = [Frame(i, i / 25, f'{i + 1:06d}.png', im) for i, im in enumerate(face_frames[0])]
+    tc = batch_track(fr, PipnetLandmarker(pipnet_ckpt, 'cpu'), cpu, 4)
+    tg = batch_track(fr, PipnetLandmarker(pipnet_ckpt, 'cuda'), gpu, 4)
+    assert tc.status == tg.status
+    err = np.abs(tc.pts - tg.pts)[np.isfinite(tc.pts)]
+    print(f'landmarks cuda vs cpu: median {np.median(err):.2e} px, 95th percentile {np.percentile(err, 95):.2e} px')
+    assert np.median(err) < 0.5 and np.percentile(err, 95) < 2.0
