@@ -19,6 +19,10 @@ would take minutes, said in the row), and the ratio is printed. --quick shrinks 
 (the architectures keep their kind, not their size) so that the same code runs on a CPU in a minute.
 Targets on one H200: HuBERT-large fp16 batched >= 500x real time, PIPNet >= 2,000 frames/s, memory for
 3,600 s <= 1.2x that for 60 s, fp16 within tolerance of fp32.
+
+The inputs are the ground-truth sample's sound and frames, decoded with talkface's ffmpeg; where there is
+none (a bare GPU machine), `$TALKFACE_GPU_INPUTS` names a folder with them decoded already
+(`bash bench/gpu_check.sh prepare` writes it; `bench/gpu_check.sh` runs this bench and the GPU tests there).
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -49,11 +53,31 @@ def sizes(quick: bool, device: str) -> dict:
 
 # ---- inputs and models ----
 
-def speech(seconds: float, seed: int = 0) -> np.ndarray:
-    "`seconds` of speech-like audio: the ground-truth sample's sound tiled, from a seeded offset."
+def decoded() -> Path|None:
+    "The folder of inputs decoded beforehand (`$TALKFACE_GPU_INPUTS`: speech.npy, frames.npz), or None: decode here."
+    d = os.environ.get('TALKFACE_GPU_INPUTS')
+    return Path(d) if d else None
+
+
+def sample_sound() -> np.ndarray:
+    "The ground-truth sample's sound, 16 kHz mono float32."
+    if decoded(): return np.load(decoded() / 'speech.npy')
     from talkface.media import load_audio
     from talkface.sample import demo_sample
-    x = load_audio(demo_sample())
+    return load_audio(demo_sample())
+
+
+def sample_frames(n: int = 16) -> list:
+    "The ground-truth sample's first `n` frames (BGR, 1280 x 720)."
+    if decoded(): return list(np.load(decoded() / 'frames.npz')['first16'])[:n]
+    from talkface.media import frames
+    from talkface.sample import demo_sample
+    return [f.image for f in frames(demo_sample())][:n]
+
+
+def speech(seconds: float, seed: int = 0) -> np.ndarray:
+    "`seconds` of speech-like audio: the ground-truth sample's sound tiled, from a seeded offset."
+    x = sample_sound()
     n, k = int(seconds * SR), (seed * 7919) % len(x)
     return np.tile(np.roll(x, k), n // len(x) + 1)[:n].copy()
 
@@ -148,14 +172,13 @@ def pipnet_rows(s: dict, device: str) -> dict:
     import torch
     from talkface import landmarks as L
     from talkface.faces import FaceBoxes, largest
-    from talkface.media import Frame, frames
-    from talkface.sample import demo_sample
+    from talkface.media import Frame
     with tempfile.TemporaryDirectory() as d:
         ckpt = Path(d) / L.PIPNET_FILE
         torch.save(L.build_pipnet().state_dict(), ckpt)
         lm = L.PipnetLandmarker(ckpt, device)
     det = FaceBoxes(device)
-    imgs = [f.image for f in frames(demo_sample())][:16]
+    imgs = sample_frames(16)
     B = s['pipnet_batch']
     batch = np.stack([imgs[i % len(imgs)] for i in range(B)])
     x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).flip(1).float()
@@ -262,7 +285,7 @@ def main():
         c = None if cpu is None else cpu.get(k, cpu.get(k.replace('float16', 'bfloat16')))
         ratio = v / c if c and not any(w in k for w in ('worst', 'memory')) else None
         print(f'| {k} | {unit(k)} | {fmt(v)} |' + (f' {fmt(c)} | {fmt(ratio)} |' if cpu is not None else ''))
-    print()
+    print('\ntargets (for one H200' + ('; a CPU is not expected to meet the speed ones' if not a.device.startswith('cuda') else '') + '):')
     for line in targets(dev, a.device): print(line)
     print(f'\n{time.perf_counter() - t0:.0f} s in all')
 

@@ -10,7 +10,7 @@ The tests marked `cuda` run the same code on a real GPU against the CPU and skip
 (`audio.layer_errors`): float32 batched against alone on one device `TOLERANCE['float32']` (1e-5);
 CUDA float32 against the CPU `CUDA_FLOAT32` (cuDNN convolutions run in TF32 by default); float16 and
 bfloat16 against float32 `TOLERANCE['float16']`, `TOLERANCE['bfloat16']`."""
-import logging, subprocess, sys
+import logging, os, subprocess, sys
 from pathlib import Path
 from types import SimpleNamespace
 import cv2, numpy as np, pytest
@@ -28,9 +28,15 @@ CUDA_FLOAT32 = 5e-3          # CUDA float32 against the CPU's float32, per layer
 cuda = pytest.mark.skipif(not devices.cuda_available(), reason='torch sees no CUDA GPU here')
 
 
+def decoded() -> Path|None:
+    "Inputs decoded beforehand for a machine without ffmpeg (`$TALKFACE_GPU_INPUTS`, written by `bench/gpu_check.sh prepare`)."
+    d = os.environ.get('TALKFACE_GPU_INPUTS')
+    return Path(d) if d else None
+
+
 @pytest.fixture(scope='module')
 def wav():
-    return load_audio(demo_sample())
+    return np.load(decoded() / 'speech.npy') if decoded() else load_audio(demo_sample())
 
 
 @pytest.fixture(scope='module')
@@ -251,10 +257,14 @@ def test_ray_asks_for_a_gpu_for_gpu_stages(tmp_path):
 def face_frames():
     "Batches of frames of one size: the ground-truth sample at four moments with a black frame among them; the real 720p clip's (scaled to 600 px on the device) when present."
     from talkface.media import real_sample
-    imgs = [f.image for f in frames(demo_sample(), step=30)][:4]
+    if decoded():
+        z = np.load(decoded() / 'frames.npz')
+        imgs, real = list(z['demo']), (list(z['real']) if 'real' in z else [])
+    else:
+        imgs, path = [f.image for f in frames(demo_sample(), step=30)][:4], real_sample()
+        real = [f.image for f in frames(path, step=40)][:3] if path else []
     imgs.insert(2, np.zeros_like(imgs[0]))
-    real = real_sample()
-    return [imgs] + ([[f.image for f in frames(real, step=40)][:3]] if real else [])
+    return [imgs] + ([real] if real else [])
 
 
 def test_detect_batch_equals_one_by_one(face_frames):
