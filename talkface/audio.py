@@ -4,26 +4,31 @@
 
 # %% ../nbs/10_audio.ipynb #cce8d5a2
 from __future__ import annotations
-import functools, json, math, warnings
+import dataclasses, functools, json, math, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 import numpy as np
+from fastcore.basics import patch
 from .core import (AUDIO_EXTS, FPS, SR, VIDEO_EXTS, BadInput, Layout, MissingWeights, Stage, StageResult, TalkfaceError,
                            atomic_path, check_alignment, feats_per_frame, fit_length, frame_window, log, n_video_frames, ok,
-                           register, require_weights, save_npy, skipped, weights_dir, write_json)
+                           register, require_weights, run_stage, save_npy, skipped, weights_dir, write_json)
+from .devices import length_batches, parse_device, to_device
 from .faces import resolve_device
 from .media import Audio, read_audio, resample
 from .vad import is_silent, speech_ratio, vad_segments, voiced_frames
 
 # %% auto #0
-__all__ = ['FEATURES', 'NO_WEIGHTS', 'RATES', 'SUFFIXES', 'WEIGHTS', 'PHONEMES', 'WHISPER_WINDOW', 'AUTO_EXTRA', 'WRITERS',
-           'read_audio_16k', 'load_audio_16k', 'Feature', 'delta', 'mfcc', 'model_folder', 'quiet_transformers',
-           'Encoder', 'get_encoder', 'parse_layers', 'NpyWriter', 'normalise_input', 'hf_encode', 'encode',
-           'make_random_model', 'whisper_encode', 'AudioEncoder', 'get_asr', 'transcribe', 'ctc_vocab', 'phoneme_ids',
-           'phoneme_segments', 'AudioConfig', 'available_features', 'feature_names', 'chosen_features',
-           'feature_outputs', 'write_encoded', 'write_mfcc', 'write_vad', 'write_asr', 'write_phonemes', 'extract',
-           'extract_file', 'audio_clip', 'prepare_audio', 'check_audio', 'expect_audio', 'set_model_path']
+__all__ = ['FEATURES', 'NO_WEIGHTS', 'RATES', 'SUFFIXES', 'WEIGHTS', 'PHONEMES', 'WHISPER_WINDOW', 'TOLERANCE', 'AUTO_EXTRA',
+           'WRITERS', 'ENCODED', 'read_audio_16k', 'load_audio_16k', 'Feature', 'delta', 'mfcc', 'model_folder',
+           'quiet_transformers', 'Encoder', 'get_encoder', 'parse_layers', 'NpyWriter', 'normalise_input', 'hf_encode',
+           'encode', 'make_random_model', 'whisper_encode', 'Window', 'n_rows', 'clip_windows', 'window_batches',
+           'model_dtype', 'padded_forward', 'whisper_forward', 'put_rows', 'encode_batch', 'layer_errors',
+           'AudioEncoder', 'get_asr', 'transcribe', 'ctc_vocab', 'phoneme_ids', 'phoneme_segments', 'AudioConfig',
+           'available_features', 'feature_names', 'chosen_features', 'feature_outputs', 'write_encoded', 'write_mfcc',
+           'write_vad', 'write_asr', 'write_phonemes', 'extract', 'extract_file', 'audio_clip', 'audio_on_gpu',
+           'write_encoded_many', 'add_encoded', 'audio_clips', 'prepare_audio', 'check_audio', 'expect_audio',
+           'set_model_path']
 
 # %% ../nbs/10_audio.ipynb #f7c24374
 def read_audio_16k(path, min_seconds: float = 0.0) -> Audio:
@@ -155,11 +160,12 @@ def _conv_geometry(cfg) -> tuple[int, int]:
     return stride, rf
 
 # %% ../nbs/10_audio.ipynb #50cf41c9
-def get_encoder(kind: str, path, device: str = 'cpu', fp16: bool = False) -> Encoder:
-    "The `kind` ('hubert', 'hf', 'whisper' or 'ctc') model in folder `path`, loaded once per process."
+def get_encoder(kind: str, path, device: str = 'cpu', fp16: bool = False, bf16: bool = False) -> Encoder:
+    "The `kind` ('hubert', 'hf', 'whisper' or 'ctc') model in folder `path`, loaded once per process; in float16 or bfloat16 on CUDA when asked."
     feature = {'ctc': 'phonemes'}.get(kind, kind)
     device = resolve_device(device)
-    return _load_encoder(kind, str(model_folder(path, feature)), device, bool(fp16) and device.startswith('cuda'))
+    half = ('bfloat16' if bf16 else 'float16' if fp16 else '') if device.startswith('cuda') else ''
+    return _load_encoder(kind, str(model_folder(path, feature)), device, half)
 
 # %% ../nbs/10_audio.ipynb #e48b329f
 def _from_pretrained(kind: str, p: str):
@@ -174,7 +180,8 @@ def _from_pretrained(kind: str, p: str):
 
 # %% ../nbs/10_audio.ipynb #b9b0c1e3
 @functools.lru_cache(maxsize=4)
-def _load_encoder(kind: str, p: str, device: str, fp16: bool) -> Encoder:
+def _load_encoder(kind: str, p: str, device: str, half: str = '') -> Encoder:
+    import torch
     quiet_transformers()
     feature = {'ctc': 'phonemes'}.get(kind, kind)
     try: model, fe = _from_pretrained(kind, p)
@@ -185,8 +192,8 @@ def _load_encoder(kind: str, p: str, device: str, fp16: bool) -> Encoder:
         raise TalkfaceError(p, f'{type(model).__name__} is not a wav2vec2-style speech encoder (CNN front end at 50 Hz)',
                             'use --feature whisper for Whisper models; --feature hf takes wav2vec2, HuBERT, WavLM or data2vec-audio')
     model.eval().to(device)
-    if fp16: model.half()
-    enc = Encoder(kind, str(p), model, fe, device, fp16)
+    if half: model.to(getattr(torch, half))     # float16 or bfloat16
+    enc = Encoder(kind, str(p), model, fe, device, bool(half))
     enc.stride, enc.receptive = (320, 320) if kind == 'whisper' else _conv_geometry(model.config)
     return enc
 
@@ -251,7 +258,7 @@ def _run_chunked(xn: np.ndarray, enc: Encoder, T: int, fn, chunk_seconds: float,
     for a0, a, b, b1 in _plan(T, int(chunk_seconds * rate), int(context_seconds * rate)):
         seg = xn[a0 * S:(b1 - 1) * S + R] if b1 < T else xn[a0 * S:]
         inp = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.float32))[None].to(enc.device)
-        if enc.fp16: inp = inp.half()
+        inp = inp.to(next(enc.model.parameters()).dtype)          # the model's precision: float32, float16 or bfloat16
         with torch.inference_mode(): out = fn(inp)
         if out.shape[-2] < b1 - a0: raise TalkfaceError(enc.path, f'the model gave {out.shape[-2]} rows for {b1 - a0} expected')
         yield a, out[..., a - a0:b - a0, :]
@@ -387,7 +394,7 @@ def whisper_encode(x: np.ndarray, enc: Encoder, mode: str = 'exact', layers='all
     try:
         for p, k in zip(pieces, keep):
             feats = enc.extractor(p, sampling_rate=SR, return_tensors='pt')['input_features'].to(enc.device)
-            if enc.fp16: feats = feats.half()
+            feats = feats.to(next(enc.model.parameters()).dtype)
             with torch.inference_mode(): hs = enc.model(feats, output_hidden_states=True).hidden_states
             block = torch.stack([hs[i][0, :k] for i in sel]).float().cpu().numpy()
             if w: w.write(row, block)
@@ -399,12 +406,122 @@ def whisper_encode(x: np.ndarray, enc: Encoder, mode: str = 'exact', layers='all
         if w: w.close()
     return Path(dest) if w else out
 
+# %% ../nbs/10_audio.ipynb #e6224078
+@dataclass
+class Window:
+    "One clip's slice for one forward: samples `s0:s1` of clip `clip`, starting at row `a0`; rows `a:b` of the clip are kept from it."
+    clip: int
+    s0: int
+    s1: int
+    a0: int
+    a: int
+    b: int
+
+# %% ../nbs/10_audio.ipynb #45796680
+def n_rows(enc: Encoder, n: int) -> int:
+    "Rows at 50 Hz the encoder gives for `n` samples (Whisper: one per 320 samples, a part row counting)."
+    import torch
+    if enc.kind == 'whisper': return math.ceil(n / enc.stride)
+    return int(enc.model._get_feat_extract_output_lengths(torch.tensor(n)).item())
+
+# %% ../nbs/10_audio.ipynb #9e9bfcb1
+def clip_windows(clip: int, n: int, enc: Encoder, chunk_seconds: float, context_seconds: float, whisper_mode: str = 'exact') -> list[Window]:
+    "The windows a clip of `n` samples is encoded in: the CPU's chunk plan, or Whisper's 30 s pieces."
+    if enc.kind == 'whisper':
+        if whisper_mode == 'fixed30': return [Window(clip, 0, min(n, WHISPER_WINDOW), 0, 0, 1500)]
+        starts = range(0, n, WHISPER_WINDOW)
+        rows = np.cumsum([0] + [n_rows(enc, min(WHISPER_WINDOW, n - s)) for s in starts])
+        return [Window(clip, s, min(s + WHISPER_WINDOW, n), int(r), int(r), int(r2)) for s, r, r2 in zip(starts, rows, rows[1:])]
+    S, R, T, rate = enc.stride, enc.receptive, n_rows(enc, n), SR / enc.stride
+    return [Window(clip, a0 * S, (b1 - 1) * S + R if b1 < T else n, a0, a, b)
+            for a0, a, b, b1 in _plan(T, int(chunk_seconds * rate), int(context_seconds * rate))]
+
+# %% ../nbs/10_audio.ipynb #a8503cd2
+def window_batches(wins: list[Window], enc: Encoder, max_seconds: float = 240.0, max_items: int = 64) -> list[list[Window]]:
+    "The windows in forwards: by length, at most `max_items` and `max_seconds` of padded audio each (one length only where padding shows)."
+    group_norm = getattr(enc.model.config, 'feat_extract_norm', '') == 'group'
+    lens = [WHISPER_WINDOW if enc.kind == 'whisper' else w.s1 - w.s0 for w in wins]
+    return [[wins[i] for i in b] for b in length_batches(lens, max_items, int(max_seconds * SR), same=group_norm)]
+
+# %% ../nbs/10_audio.ipynb #15b75534
+def model_dtype(enc: Encoder):
+    "The dtype of the model's weights: inputs are cast to it (float32, float16 or bfloat16)."
+    return next(enc.model.parameters()).dtype
+
+# %% ../nbs/10_audio.ipynb #43193d42
+def padded_forward(enc: Encoder, segs: list, sel: list[int]) -> list[np.ndarray]:
+    "Hidden states `(len(sel), t, D)` float32 of each segment, in one forward: zero-padded to the longest, with an attention mask when lengths differ."
+    import torch
+    lens = [len(s) for s in segs]
+    x = np.zeros((len(segs), max(lens)), np.float32)
+    for k, s in enumerate(segs): x[k, :len(s)] = s
+    mask = (np.arange(x.shape[1]) < np.array(lens)[:, None]).astype(np.int64) if len(set(lens)) > 1 else None
+    with torch.inference_mode():
+        out = enc.model(to_device(x, enc.device).to(model_dtype(enc)), output_hidden_states=True,
+                        attention_mask=None if mask is None else to_device(mask, enc.device)).hidden_states
+        h = np.stack([out[i].float().cpu().numpy() for i in sel], 1)         # (B, L, T, D)
+    return [h[k, :, :n_rows(enc, n)] for k, n in enumerate(lens)]
+
+# %% ../nbs/10_audio.ipynb #c298f3fc
+def whisper_forward(enc: Encoder, segs: list, sel: list[int]) -> list[np.ndarray]:
+    "Whisper encoder states `(len(sel), 1500, D)` float32 of each piece (up to 30 s, padded to 30 s as Whisper is), in one forward."
+    import torch
+    feats = enc.extractor(list(segs), sampling_rate=SR, return_tensors='np')['input_features']
+    with torch.inference_mode():
+        out = enc.model(to_device(feats.astype(np.float32), enc.device).to(model_dtype(enc)), output_hidden_states=True).hidden_states
+        h = np.stack([out[i].float().cpu().numpy() for i in sel], 1)
+    return list(h)
+
+# %% ../nbs/10_audio.ipynb #b47ed25e
+def put_rows(sink, a: int, block: np.ndarray):
+    "Rows `a:a+t` of a clip's output (an array or an `NpyWriter`), clipped to its length."
+    if isinstance(sink, NpyWriter): sink.write(a, block)
+    else: sink[:, a:a + block.shape[1]] = block[:, :max(0, sink.shape[1] - a)]
+
+# %% ../nbs/10_audio.ipynb #7cae7c89
+def encode_batch(xs: list, enc: Encoder, layers='all', chunk_seconds: float = 30.0, context_seconds: float = 5.0, n_outs=None,
+                 dests=None, dtype='float32', max_seconds: float = 240.0, max_items: int = 64, whisper_mode: str = 'exact') -> list:
+    "Hidden states `(len(layers), T, D)` at 50 Hz of each clip of `xs`, many windows per forward; written to `dests[i]` (.npy) when given."
+    sel = parse_layers(layers, enc.n_hidden, enc.path)
+    inputs = [x if enc.kind == 'whisper' else normalise_input(x, enc, True if enc.kind == 'hubert' else None) for x in xs]
+    wins = [w for i, x in enumerate(inputs) for w in clip_windows(i, len(x), enc, chunk_seconds, context_seconds, whisper_mode)]
+    T = [max(w.b for w in wins if w.clip == i) for i in range(len(xs))]
+    n_outs = [T[i] if n_outs is None or n_outs[i] is None or whisper_mode == 'fixed30' else int(n_outs[i]) for i in range(len(xs))]
+    D = enc.model.config.d_model if enc.kind == 'whisper' else enc.model.config.hidden_size
+    sinks = [NpyWriter(dests[i], (len(sel), n, D), dtype) if dests else np.zeros((len(sel), n, D), dtype) for i, n in enumerate(n_outs)]
+    forward = whisper_forward if enc.kind == 'whisper' else padded_forward
+    try:
+        for group in window_batches(wins, enc, max_seconds, max_items):
+            for w, h in zip(group, forward(enc, [inputs[w.clip][w.s0:w.s1] for w in group], sel)):
+                put_rows(sinks[w.clip], w.a, h[:, w.a - w.a0:w.b - w.a0])
+                if w.b == T[w.clip] and n_outs[w.clip] > T[w.clip]: put_rows(sinks[w.clip], T[w.clip], np.repeat(h[:, w.b - w.a0 - 1:w.b - w.a0], n_outs[w.clip] - T[w.clip], 1))
+    finally:
+        for s in sinks:
+            if isinstance(s, NpyWriter): s.close()
+    return [Path(d) for d in dests] if dests else sinks
+
+# %% ../nbs/10_audio.ipynb #657fdad4
+TOLERANCE = {'float32': 1e-5, 'float16': 1e-2, 'bfloat16': 3e-2}   # relative RMS per layer from one float32 clip alone
+
+def layer_errors(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
+    "The relative RMS difference of `other` from `ref`, per hidden state of two `(L, T, D)` outputs."
+    ref, other = np.asarray(ref, np.float64), np.asarray(other, np.float64)
+    return np.sqrt(((other - ref) ** 2).mean((1, 2)) / np.maximum((ref ** 2).mean((1, 2)), 1e-30))
+
+# %% ../nbs/10_audio.ipynb #096c1a58
+@patch
+def encode_many(self: Encoder, xs: list, layers='all', n_outs=None, dests=None, dtype='float32', chunk_seconds: float = 30.0,
+                context_seconds: float = 5.0, whisper_mode: str = 'exact', max_seconds: float = 240.0) -> list:
+    "`encode` for many clips at once, many windows per forward (`encode_batch`): arrays, or the `dests` written."
+    return encode_batch(xs, self, layers, chunk_seconds, context_seconds, n_outs, dests, dtype, max_seconds, whisper_mode=whisper_mode)
+
 # %% ../nbs/10_audio.ipynb #8076ae90
 @runtime_checkable
 class AudioEncoder(Protocol):
-    "A speech encoder: `encode(x, layers, n_out, dest, dtype, ...)` -> hidden states `(layers, T, D)` at 50 Hz of 16 kHz mono `x`."
+    "A speech encoder: `encode(x, layers, n_out, dest, dtype, ...)` -> hidden states `(layers, T, D)` at 50 Hz of 16 kHz mono `x`; `encode_many` for many clips at once."
     kind: str
     def encode(self, x: np.ndarray, layers='all', n_out: int|None = None, dest=None, dtype='float32', **opts): ...
+    def encode_many(self, xs: list, layers='all', n_outs=None, dests=None, dtype='float32', **opts) -> list: ...
 
 # %% ../nbs/10_audio.ipynb #edc906fe
 def get_asr(path, device: str = 'cpu'):
@@ -479,11 +596,13 @@ class AudioConfig:
     whisper_model_path: str = 'weights/whisper-large-v2'      # Whisper encoder and ASR
     hf_model_path: str = 'weights/wavlm-base-plus'            # --feature hf
     phoneme_model_path: str = 'weights/wav2vec2-lv-60-espeak-cv-ft'   # --feature phonemes
-    computed_device: str = 'cuda'                             # falls back to the CPU, as the original did
+    computed_device: str = 'cuda'                             # auto, cpu, cuda or cuda:N; cuda falls back to the CPU, as the original did (cuda! stops)
     padding_to_align_audio: bool = True                       # 50 Hz features get T = 2 x video frames
     layers: str = 'all'                                       # hidden states to keep: all, last, or indices such as 0,12,-1
     whisper_mode: str = 'exact'                               # exact | fixed30
-    fp16: bool = False                                        # half precision on CUDA
+    fp16: bool = False                                        # half precision (float16) on CUDA
+    bf16: bool = False                                        # bfloat16 on CUDA instead (wins over fp16)
+    batch_seconds: float = 240.0                              # most audio per forward when a GPU worker batches clips
     dtype: str = 'float32'                                    # float32 | float16
     chunk_seconds: float = 30.0                               # longest input per forward pass
     context_seconds: float = 5.0                              # overlap on each side of a chunk
@@ -536,7 +655,7 @@ def feature_outputs(layout: Layout, feature: str, clip: str) -> list[Path]:
 # %% ../nbs/10_audio.ipynb #635eafc2
 def write_encoded(x: np.ndarray, spec: Feature, dests: list, cfg: AudioConfig, n_frames: int) -> dict:
     "An encoder feature (HuBERT, a Hugging Face encoder, Whisper): its hidden states, 2 rows per video frame when padding."
-    enc = get_encoder(spec.encoder, str(cfg.model_for(spec.name)), cfg.computed_device, cfg.fp16)
+    enc = get_encoder(spec.encoder, str(cfg.model_for(spec.name)), cfg.computed_device, cfg.fp16, cfg.bf16)
     n_out = 2 * n_frames if cfg.padding_to_align_audio else None
     with atomic_path(dests[0]) as tmp:
         enc.encode(x, cfg.layers, n_out, tmp, cfg.dtype, cfg.chunk_seconds, cfg.context_seconds, cfg.whisper_mode)
@@ -568,7 +687,7 @@ def write_asr(x: np.ndarray, dests: list, cfg: AudioConfig, n_frames: int) -> di
 # %% ../nbs/10_audio.ipynb #0cf24535
 def write_phonemes(x: np.ndarray, dests: list, cfg: AudioConfig, n_frames: int) -> dict:
     "A CTC phoneme id per 50 Hz row (.npy), and the vocabulary and segments (.json)."
-    enc = get_encoder('ctc', str(cfg.phoneme_model_path), cfg.computed_device, cfg.fp16)
+    enc = get_encoder('ctc', str(cfg.phoneme_model_path), cfg.computed_device, cfg.fp16, cfg.bf16)
     ids = phoneme_ids(x, enc, 2 * n_frames if cfg.padding_to_align_audio else None, cfg.chunk_seconds, cfg.context_seconds)
     vocab, blank = ctc_vocab(enc), int(enc.model.config.pad_token_id or 0)
     segs = phoneme_segments(ids, vocab, blank)
@@ -616,6 +735,61 @@ def audio_clip(clip: str, layout: Layout, cfg: AudioConfig | None = None) -> Sta
     if len(set(files)) < len(files): raise TalkfaceError(layout.dir(feats[0]), 'two features would write the same file: give each its folder')
     return extract_file(src, dests, cfg, n_frames)
 
+# %% ../nbs/10_audio.ipynb #b319fc6d
+ENCODED = tuple(n for n, f in FEATURES.items() if f.encoder in ('hubert', 'hf', 'whisper'))   # batched: many clips per forward
+
+def audio_on_gpu(cfg: AudioConfig) -> bool:
+    "Whether the stage wants a GPU worker with these settings: a feature with a model (or `auto`), off the CPU."
+    needs_model = any(f == 'auto' or (f in FEATURES and FEATURES[f].setting) for f in feature_names(cfg))
+    return needs_model and parse_device(cfg.computed_device).kind != 'cpu'
+
+# %% ../nbs/10_audio.ipynb #a57ab463
+def write_encoded_many(xs: list, spec: Feature, dests: list, cfg: AudioConfig, n_frames: list) -> list[dict]:
+    "`write_encoded` for several clips in one go: many clips per forward, each clip's file written atomically."
+    import contextlib
+    enc = get_encoder(spec.encoder, str(cfg.model_for(spec.name)), cfg.computed_device, cfg.fp16, cfg.bf16)
+    n_outs = [2 * n if cfg.padding_to_align_audio else None for n in n_frames]
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(d[0])) for d in dests]
+        enc.encode_many(xs, cfg.layers, n_outs, tmps, cfg.dtype, cfg.chunk_seconds, cfg.context_seconds, cfg.whisper_mode, cfg.batch_seconds)
+    return [{f'{spec.name}_shape': list(np.load(d[0], mmap_mode='r').shape)} for d in dests]
+
+# %% ../nbs/10_audio.ipynb #ab11f4ae
+def add_encoded(feature: str, clips: list, results: list, layout: Layout, cfg: AudioConfig):
+    "Write `feature` for the clips whose other features succeeded (`results`), many per forward; clip by clip when the batch fails."
+    spec, t0 = FEATURES[feature], time.perf_counter()
+    srcs = [layout.find('audios_16k', c, ('.wav', *AUDIO_EXTS, *VIDEO_EXTS)) for c in clips]
+    xs = [read_audio_16k(s, min_seconds=cfg.min_seconds).samples for s in srcs]
+    dests, n_frames = [feature_outputs(layout, feature, c) for c in clips], [r.figures['n_frames'] for r in results]
+    try: figs = write_encoded_many(xs, spec, dests, cfg, n_frames)
+    except Exception as e:
+        log.warning('audio: %s for %d clips at once failed (%s: %s): clip by clip', feature, len(clips), type(e).__name__, e)
+        figs = [run_stage(lambda c, x=x, d=d, n=n: ok(**write_encoded(x, spec, d, cfg, n)), c) for c, x, d, n in zip(clips, xs, dests, n_frames)]
+    share = (time.perf_counter() - t0) / max(len(clips), 1)
+    for k, (r, f, d) in enumerate(zip(results, figs, dests)):
+        if isinstance(f, StageResult) and not f.ok: results[k] = f
+        else:
+            r.figures.update(f.figures if isinstance(f, StageResult) else f)
+            r.outputs += [str(p) for p in d]
+            r.seconds = round(r.seconds + share, 4)
+
+# %% ../nbs/10_audio.ipynb #a00ee9f7
+def audio_clips(clips: list, layout: Layout, cfg: AudioConfig | None = None) -> list[StageResult]:
+    "The audio stage for several clips at once (what a GPU worker takes): a result per clip, the encoder features many clips per forward."
+    cfg = cfg or AudioConfig()
+    feats = chosen_features(cfg)[0]
+    many = [f for f in feats if f in ENCODED]
+    log.info('audio: %d clips at once (%s on %s)', len(clips), ', '.join(many) or 'no encoder', cfg.computed_device)
+    rest = dataclasses.replace(cfg, features=tuple(f for f in feats if f not in many))
+    results = [run_stage(audio_clip, c, layout, rest) for c in clips]
+    for f in many:
+        idx = [k for k, r in enumerate(results) if r.ok]
+        if not idx: break
+        part = [results[k] for k in idx]
+        add_encoded(f, [clips[k] for k in idx], part, layout, cfg)
+        for k, r in zip(idx, part): results[k] = r
+    return results
+
 # %% ../nbs/10_audio.ipynb #1dce34d0
 def prepare_audio(cfg: AudioConfig, run) -> list[str]:
     "Before a run: `auto` resolved into the features that can run here; a note for each left out."
@@ -644,7 +818,7 @@ def set_model_path(cfg: AudioConfig, path: str):
 
 # %% ../nbs/10_audio.ipynb #7d52215f
 register(Stage('audio', audio_clip, AudioConfig, {n: f.folder for n, f in FEATURES.items()}, reads=('audios_16k',), takes='audio',
-               after=('convert',), gpu=True, notebook='10_audio', prepare=prepare_audio, check=check_audio, expects=expect_audio,
+               after=('convert',), gpu=audio_on_gpu, batch=audio_clips, notebook='10_audio', prepare=prepare_audio, check=check_audio, expects=expect_audio,
                defaults={'features': ('hubert',)}, help='MFCC, speech segments, HuBERT, Whisper, HF encoders, ASR and phonemes',
                flags={'--audio_dir_path': 'input', '--audio_feature_saved_path': tuple(FEATURES), '--feature': 'features',
                       '--model_path': set_model_path}))

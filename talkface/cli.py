@@ -366,7 +366,9 @@ def run_batch(name: str, input_dir, output_dir, params: dict|None = None, log_di
     out = Path(log_dir or output_dir) / 'notebooks' / nb.name
     out.parent.mkdir(parents=True, exist_ok=True)
     p = dict(input_dir=str(Path(input_dir).resolve()), output_dir=str(Path(output_dir).resolve()), **(params or {}))
-    pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(nb.parent), progress_bar=False, log_output=False)
+    try: pm.execute_notebook(str(nb), str(out), parameters=p, cwd=str(nb.parent), progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as e:
+        raise TalkfaceError(out, f'the notebook stopped in cell {e.exec_count}: {e.ename}: {e.evalue}', 'the executed notebook shows where')
     return out
 
 # %% ../nbs/14_cli.ipynb #7c19bbc3
@@ -374,10 +376,13 @@ def batch(stage: str,                                  # the stage (or `report`)
           input: str = None,                           # the folder it processes (required)
           output: str = None,                          # where its outputs go (required)
           parameter: Param('KEY VALUE', nargs=2, action='append') = None):   # another papermill parameter
-    "Run a stage notebook through papermill over a dataset folder."
+    "Run a stage notebook through papermill over a dataset folder (`-p KEY VALUE` as papermill's own; `-p device cuda` for a GPU)."
+    from talkface.devices import placement
     try:
         if not (input and output): raise TalkfaceError('talkface batch', 'needs --input and --output')
-        out = run_batch(stage, input, output, dict(parameter or []))
+        params = dict(parameter or [])
+        if 'device' in params: params['device'] = placement(params['device'])[0]   # one warning (or a strict stop) here, not in the notebook
+        out = run_batch(stage, input, output, params)
     except TalkfaceError as e: return refused('batch', e)
     print(f'executed notebook: {out}')
     return 0
@@ -435,7 +440,8 @@ COMMANDS = {  # name: (what runs it, help)
     'demo':   (lambda argv: call(demo, 'talkface demo', argv), 'run every stage on the embedded sample and print where the outputs are'),
     'run':    (run_command, 'the whole pipeline over a folder of raw videos, resumable'),
     'status': (lambda argv: call(status, 'talkface status', argv), 'counts per stage and failure reasons of an output root'),
-    'batch':  (lambda argv: call(batch, 'talkface batch', argv), 'run a stage notebook through papermill over a dataset'),
+    'batch':  (lambda argv: call(batch, 'talkface batch', ['--parameter' if a == '-p' else a for a in argv]),   # -p: papermill's short flag
+               'run a stage notebook through papermill over a dataset'),
     'report': (lambda argv: call(report, 'talkface report', argv), 'write the QC report of an output root'),
     'export': (export_command, 'the training hand-off: metadata, speaker-disjoint splits, shards, dataset card'),
     'rebuild': (lambda argv: call(rebuild, 'talkface rebuild', argv), 'rebuild the clips of release metadata from the source videos'),

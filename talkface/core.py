@@ -623,7 +623,8 @@ class Stage:
     flags: dict = field(default_factory=dict)   # the original script's flag names: {flag: target}, see the CLI chapter
     defaults: dict = field(default_factory=dict)   # settings its command starts from where the original script's defaults differ from a run's
     notebook: str = ''             # its chapter (a name in nbs/, or a path): what `talkface batch` executes
-    gpu: bool = False              # wants a GPU when the run has one
+    gpu: bool|Callable = False     # wants a GPU when the run has one (or gpu(cfg): with these settings)
+    batch: Callable|None = None    # batch(clips, layout, cfg) -> [StageResult]: several clips at once (what a GPU worker takes)
     fanout: bool = False           # one input file becomes many clips (scenes)
     prepare: Callable|None = None  # prepare(cfg, run): settings that depend on the rest of a `talkface run`
     check: Callable|None = None    # check(cfg): raise before any clip runs when the settings cannot work (missing weights)

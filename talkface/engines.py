@@ -4,14 +4,15 @@
 
 # %% ../nbs/11a_engines.ipynb #31afc7d6
 from __future__ import annotations
-import dataclasses, logging, os, signal, sys
+import dataclasses, logging, os, signal, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from fastcore.basics import patch
 from .core import FOLDERS, Layout, Stage, StageResult, failed, log, run_stage, shown
 
 # %% auto #0
-__all__ = ['Task', 'execute', 'die_with_parent', 'worker_loop', 'Worker', 'crash_reason', 'LocalEngine', 'RayEngine']
+__all__ = ['Task', 'execute', 'wants_gpu', 'execute_batch', 'where_it_ran', 'where_they_ran', 'GpuWorkers', 'die_with_parent',
+           'worker_loop', 'Worker', 'crash_reason', 'LocalEngine', 'ray_options', 'RayEngine']
 
 # %% ../nbs/11a_engines.ipynb #bfad7375
 @dataclass
@@ -55,6 +56,105 @@ def _share_cores(threads: int):
 def _init_worker(threads: int):
     if threads: _share_cores(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the driver's to handle: it stops the workers
+
+# %% ../nbs/11a_engines.ipynb #af2d23f5
+def wants_gpu(stage: Stage, cfg) -> bool:
+    "Whether `stage` wants a GPU with settings `cfg`: its declaration's `gpu`, a bool or a function of the settings."
+    return bool(stage.gpu(cfg) if callable(stage.gpu) else stage.gpu)
+
+# %% ../nbs/11a_engines.ipynb #79a1fc6b
+def _init_gpu_worker(threads: int, gpu: int):
+    "A GPU worker: its share of the cores, and `cuda` meaning its own GPU."
+    os.environ['TALKFACE_CUDA'] = f'cuda:{gpu}'
+    _init_worker(threads)
+
+# %% ../nbs/11a_engines.ipynb #79711562
+def execute_batch(tasks: list, layout: Layout, run, stage: Stage) -> list[StageResult]:
+    "Several tasks of one stage in this process (a GPU worker), a result each: in one call when the stage declares `batch`, else one by one."
+    if stage.batch is None or stage.fanout: return [execute(t, layout, run, stage) for t in tasks]
+    _worker_logging(layout.root)
+    cfg = run.stage_configs.get(stage.name) or stage.config()
+    t0 = time.perf_counter()
+    try: results = list(stage.batch([t.clip for t in tasks], layout, cfg))
+    except Exception as e:                       # the batch failed as a whole: clip by clip, each with its own reason
+        log.warning('%s: a batch of %d clips failed (%s: %s): clip by clip', stage.name, len(tasks), type(e).__name__, e)
+        return [execute(t, layout, run, stage) for t in tasks]
+    share = max(0.0, time.perf_counter() - t0 - sum(r.seconds for r in results)) / max(len(results), 1)
+    for r in results: r.seconds = round(r.seconds + share, 4)
+    return results
+
+# %% ../nbs/11a_engines.ipynb #b5affea5
+def where_it_ran(clip: str, layout: Layout, cfg) -> StageResult:
+    "A stand-in stage function that records where it ran (process id, GPU, threads): for checking how an engine places work."
+    from talkface.core import ok
+    return ok(pid=os.getpid(), gpu=os.environ.get('TALKFACE_CUDA', ''), threads=os.environ.get('TALKFACE_THREADS', ''))
+
+# %% ../nbs/11a_engines.ipynb #191902e7
+def where_they_ran(clips: list, layout: Layout, cfg) -> list[StageResult]:
+    "A stand-in `batch` function: `where_it_ran` for each clip, and how many clips came together."
+    res = [where_it_ran(c, layout, cfg) for c in clips]
+    for r in res: r.figures['together'] = len(clips)
+    return res
+
+# %% ../nbs/11a_engines.ipynb #f1d4dc25
+class GpuWorkers:
+    "One worker process per GPU of `gpus` (started with its first task); a free one takes up to `batch` waiting tasks of one stage at once."
+    def __init__(self, gpus: list[int], threads: int = 1, batch: int = 8):
+        self.gpus, self.threads, self.pools = list(gpus), threads, {}     # a worker starts with its first task
+        self.queue, self.busy, self.batch = [], {}, max(1, batch)    # busy: future -> (gpu, tasks)
+
+    def start(self, gpu: int):
+        "A fresh worker process for `gpu` (at the start, or after one died)."
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        self.pools[gpu] = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_init_gpu_worker, initargs=(self.threads, gpu))
+        return self.pools[gpu]
+
+    @property
+    def pending(self) -> bool: return bool(self.queue or self.busy)
+
+    def submit(self, task: Task, layout: Layout, run, stage: Stage):
+        "Queue `task`; a free GPU worker takes it at once."
+        self.queue.append((task, layout, run, stage))
+        self.dispatch()
+
+    def close(self):
+        for p in self.pools.values(): p.shutdown(wait=True, cancel_futures=True)
+
+# %% ../nbs/11a_engines.ipynb #6399d7c4
+@patch
+def dispatch(self: GpuWorkers):
+    "Hand each free GPU worker the first waiting task and the other waiting tasks of its stage, up to `batch`."
+    taken = {g for g, _ in self.busy.values()}
+    for g in [g for g in self.gpus if g not in taken]:
+        if not self.queue: return
+        name = self.queue[0][3].name
+        pick = [k for k, q in enumerate(self.queue) if q[3].name == name][:self.batch]
+        items = [self.queue[k] for k in pick]
+        self.queue = [q for k, q in enumerate(self.queue) if k not in set(pick)]
+        _, layout, run, stage = items[0]
+        tasks = [q[0] for q in items]
+        pool = self.pools.get(g) or self.start(g)
+        self.busy[pool.submit(execute_batch, tasks, layout, run, stage)] = (g, tasks)
+
+# %% ../nbs/11a_engines.ipynb #1b81c9a5
+@patch
+def collect(self: GpuWorkers, f) -> list[tuple]:
+    "(task, result) for each task of the finished batch `f`; the worker then takes the next tasks."
+    g, tasks = self.busy.pop(f)
+    try: res = f.result()
+    except Exception as e:
+        res = [failed(f"{t.clip}: GPU worker crashed ({type(e).__name__}: {e})") for t in tasks]
+        if self.pools[g]._broken: self.start(g)           # a worker that died (out of memory, a driver fault) is replaced
+    self.dispatch()
+    return list(zip(tasks, res))
+
+# %% ../nbs/11a_engines.ipynb #974a65b5
+@patch
+def wait(self: GpuWorkers):
+    "Block until one of the GPU workers' batches is done."
+    from concurrent.futures import FIRST_COMPLETED, wait
+    wait(list(self.busy), return_when=FIRST_COMPLETED)
 
 # %% ../nbs/11a_engines.ipynb #c0e198be
 def die_with_parent(parent: int):
@@ -105,26 +205,32 @@ def crash_reason(task: Task, exitcode) -> str:
 
 # %% ../nbs/11a_engines.ipynb #cbe69743
 class LocalEngine:
-    "A pool of `workers` spawned processes over tasks, `threads` each (0: the cores shared out); `isolate=False` runs one worker's tasks in this process."
-    def __init__(self, workers: int = 0, threads: int = 0, isolate: bool = True):
+    "A pool of `workers` spawned processes over tasks, `threads` each (0: the cores shared out), and a worker per GPU of `gpus` for GPU stages; `isolate=False` runs one worker's CPU tasks in this process."
+    def __init__(self, workers: int = 0, threads: int = 0, isolate: bool = True, gpus=(), gpu_batch: int = 8):
         self.workers = workers or os.cpu_count() or 1
         self.isolate = isolate or self.workers > 1
         self.threads = threads or (max(1, (os.cpu_count() or 1) // self.workers) if self.workers > 1 else 0)   # one worker: the libraries' choice
         self.pool, self.queue = [], []
         if not self.isolate and threads: _share_cores(threads)
+        self.gpu = GpuWorkers(list(gpus), self.threads or 1, gpu_batch) if gpus else None
 
     def submit(self, task: Task, layout: Layout, run, stage: Stage):
-        "Queue `task` (it starts when a worker is free); a worker gets the stage without the hooks that run in the driver."
-        self.queue.append((task, layout, run, dataclasses.replace(stage, prepare=None, check=None, expects=None, finish=None)))
+        "Queue `task` (it starts when a worker is free: a GPU worker when the stage wants one and the run has GPUs); a worker gets the stage without the hooks that run in the driver."
+        cfg = run.stage_configs.get(stage.name) or stage.config()
+        stage = dataclasses.replace(stage, prepare=None, check=None, expects=None, finish=None)
+        if self.gpu and wants_gpu(stage, cfg): self.gpu.submit(task, layout, run, stage)
+        else: self.queue.append((task, layout, run, stage))
 
     def cancel(self):
         "Drop the tasks that have not started (they have no manifest row, so a rerun does them)."
         self.queue.clear()
+        if self.gpu: self.gpu.queue.clear()
 
     def close(self):
         "Stop the workers: idle ones finish, busy ones (an interrupted run) are killed."
         for w in self.pool: w.stop(kill=w.task is not None)
         self.pool = []
+        if self.gpu: self.gpu.close()
 
 # %% ../nbs/11a_engines.ipynb #d43f5663
 @patch
@@ -160,8 +266,10 @@ def collect(self: LocalEngine, w: Worker) -> tuple[Task, StageResult]:
 def results(self: LocalEngine):
     "Yield (task, result) as tasks finish, until none is pending (submitting inside the loop is fine)."
     from multiprocessing.connection import wait
-    while self.queue or any(w.task for w in self.pool):
-        if not self.isolate:
+    gpu = self.gpu
+    while self.queue or any(w.task for w in self.pool) or (gpu and gpu.pending):
+        for f in [f for f in (gpu.busy if gpu else ()) if f.done()]: yield from gpu.collect(f)
+        if not self.isolate and self.queue:
             job = self.queue.pop(0)
             yield job[0], execute(*job)
             continue
@@ -169,7 +277,8 @@ def results(self: LocalEngine):
         busy = {}
         for w in self.pool:
             if w.task: busy.update({w.conn: w, w.proc.sentinel: w})
-        for ready in wait(list(busy)):
+        if not busy and gpu and gpu.busy: gpu.wait()
+        for ready in wait(list(busy), timeout=0.05 if gpu and gpu.busy else None) if busy else []:
             w = busy[ready]
             if w.task is not None: yield self.collect(w)
 
@@ -179,21 +288,28 @@ def _execute_on_one_core(task: Task, layout: Layout, run, stage: Stage) -> Stage
     _share_cores(1)
     return execute(task, layout, run, stage)
 
-# %% ../nbs/11a_engines.ipynb #7e971442
+# %% ../nbs/11a_engines.ipynb #56681040
+def ray_options(stage: Stage, cfg, use_gpu: bool) -> dict:
+    "The resources a Ray task of `stage` asks for: one CPU, and one GPU when the stage wants one and the run uses GPUs (Ray then sets the task's CUDA_VISIBLE_DEVICES)."
+    return dict(num_cpus=1, num_gpus=1 if use_gpu and wants_gpu(stage, cfg) else 0)
+
+# %% ../nbs/11a_engines.ipynb #c76e98e6
 class RayEngine:
-    "The same tasks as Ray tasks; GPU stages ask for `num_gpus=1` when the run uses CUDA."
-    def __init__(self, workers: int = 0, address: str = '', use_gpu: bool = False):
+    "The same tasks as Ray tasks; GPU stages ask for `num_gpus=1` when the run uses CUDA (`use_gpu` None: when the cluster has GPUs)."
+    def __init__(self, workers: int = 0, address: str = '', use_gpu: bool|None = False):
         import ray
         self.ray = ray
         if not ray.is_initialized():
             kw = dict(address=address) if address else dict(num_cpus=workers or os.cpu_count())
             ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **kw)
         self.remote = ray.remote(_execute_on_one_core)
-        self.use_gpu, self.refs = use_gpu, {}
+        self.use_gpu = bool(ray.cluster_resources().get('GPU', 0)) if use_gpu is None else use_gpu
+        self.refs = {}
 
     def submit(self, task: Task, layout: Layout, run, stage: Stage):
         "Start `task` as a Ray task (with a GPU for a GPU stage when the run has one)."
-        ref = self.remote.options(num_cpus=1, num_gpus=1 if stage.gpu and self.use_gpu else 0).remote(task, layout, run, stage)
+        opts = ray_options(stage, run.stage_configs.get(stage.name) or stage.config(), self.use_gpu)
+        ref = self.remote.options(**opts).remote(task, layout, run, stage)
         self.refs[ref] = task
 
     def close(self): pass

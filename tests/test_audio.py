@@ -326,11 +326,11 @@ def test_fp16_code_path_and_not_an_ssl_encoder(sample, models):
     x, _ = sample
     x = x[:3 * SR]
     assert A.get_encoder('hubert', str(models['hubert']), 'cpu', fp16=True).fp16 is False
-    e16 = A._load_encoder('hubert', str(models['hubert']), 'cpu', True)
+    e16 = A._load_encoder('hubert', str(models['hubert']), 'cpu', 'float16')
     e32 = A.get_encoder('hubert', str(models['hubert']), 'cpu')
     a, b = A.encode(x, e32), A.encode(x, e16)
     assert b.dtype == np.float32 and np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-2
-    w16 = A._load_encoder('whisper', str(models['whisper']), 'cpu', True)
+    w16 = A._load_encoder('whisper', str(models['whisper']), 'cpu', 'float16')
     w32 = A.get_encoder('whisper', str(models['whisper']), 'cpu')
     a, b = A.whisper_encode(x, w32), A.whisper_encode(x, w16)
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-2
