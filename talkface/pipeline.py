@@ -15,8 +15,9 @@ from . import __version__
 from .engines import LocalEngine, RayEngine, Task
 
 # %% auto #0
-__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'prepare', 'check', 'effective_after', 'plan',
-           'RunLock', 'check_writable', 'duration', 'place_inputs', 'Driver', 'make_engine', 'run_pipeline']
+__all__ = ['KEEPABLE', 'RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'prepare', 'check',
+           'effective_after', 'plan', 'RunLock', 'check_writable', 'duration', 'place_inputs', 'Driver', 'make_engine',
+           'run_pipeline']
 
 # %% ../nbs/11_pipeline.ipynb #fcf35c9d
 @dataclass
@@ -33,12 +34,21 @@ class RunConfig:
     retry_failed: bool = False       # run failed clips again
     overwrite: bool = False          # redo every clip, done or not
     ray_address: str = ''            # Ray cluster address (default: a local Ray)
+    keep: str = ''                   # optional outputs to write too, comma-separated: pose_video (the pose preview), scenes (kept clips in raw_data/)
     stage_configs: dict = field(default_factory=dict)   # {stage: config dataclass instance}
 
     @property
     def stage_list(self) -> list[str]:
         "The stage names of this run, in the order given (every declared stage when none is)."
         return [s.strip() for s in self.stages.split(',') if s.strip()] or [s.name for s in stage_order()]
+
+    @property
+    def kept(self) -> set[str]:
+        "The optional outputs this run writes (`keep`); the per-stage commands keep them all."
+        return {s.strip() for s in self.keep.split(',') if s.strip()}
+
+# %% ../nbs/11_pipeline.ipynb #d1d26b78
+KEEPABLE = ('pose_video', 'scenes')   # what `--keep` may name: outputs a whole run leaves out unless asked
 
 # %% ../nbs/11_pipeline.ipynb #932638cb
 def stage_config(run: RunConfig, stage: Stage):
@@ -96,7 +106,8 @@ def prepare(run: RunConfig, stages: list[Stage]) -> list[str]:
 
 # %% ../nbs/11_pipeline.ipynb #da762781
 def check(run: RunConfig, stages: list[Stage]):
-    "Each stage's `check` on its settings: raises before any clip runs when they cannot work."
+    "Each stage's `check` on its settings, and the outputs `keep` names: raises before any clip runs when they cannot work."
+    if bad := run.kept - set(KEEPABLE): raise TalkfaceError('--keep', f"unknown output(s) {', '.join(sorted(bad))}", f"known: {', '.join(KEEPABLE)}")
     for s in stages:
         if s.check: s.check(stage_config(run, s))
 
