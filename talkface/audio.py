@@ -14,20 +14,18 @@ from .core import (AUDIO_EXTS, FPS, SR, VIDEO_EXTS, BadInput, Layout, MissingWei
                            register, require_weights, save_npy, skipped, weights_dir, write_json)
 from .faces import resolve_device
 from .media import Audio, read_audio, resample
-from .vad import speech_ratio, vad_segments, voiced_frames
+from .vad import is_silent, speech_ratio, vad_segments, voiced_frames
 
 # %% auto #0
-__all__ = ['SILENCE_PEAK', 'FEATURES', 'NO_WEIGHTS', 'RATES', 'SUFFIXES', 'WEIGHTS', 'PHONEMES', 'WHISPER_WINDOW', 'AUTO_EXTRA',
-           'WRITERS', 'read_audio_16k', 'load_audio_16k', 'is_silent', 'Feature', 'delta', 'mfcc', 'model_folder',
-           'quiet_transformers', 'Encoder', 'get_encoder', 'parse_layers', 'NpyWriter', 'normalise_input', 'hf_encode',
-           'encode', 'make_random_model', 'whisper_encode', 'AudioEncoder', 'get_asr', 'transcribe', 'ctc_vocab',
-           'phoneme_ids', 'phoneme_segments', 'AudioConfig', 'available_features', 'feature_names', 'chosen_features',
+__all__ = ['FEATURES', 'NO_WEIGHTS', 'RATES', 'SUFFIXES', 'WEIGHTS', 'PHONEMES', 'WHISPER_WINDOW', 'AUTO_EXTRA', 'WRITERS',
+           'read_audio_16k', 'load_audio_16k', 'Feature', 'delta', 'mfcc', 'model_folder', 'quiet_transformers',
+           'Encoder', 'get_encoder', 'parse_layers', 'NpyWriter', 'normalise_input', 'hf_encode', 'encode',
+           'make_random_model', 'whisper_encode', 'AudioEncoder', 'get_asr', 'transcribe', 'ctc_vocab', 'phoneme_ids',
+           'phoneme_segments', 'AudioConfig', 'available_features', 'feature_names', 'chosen_features',
            'feature_outputs', 'write_encoded', 'write_mfcc', 'write_vad', 'write_asr', 'write_phonemes', 'extract',
            'extract_file', 'audio_clip', 'prepare_audio', 'check_audio', 'expect_audio', 'set_model_path']
 
 # %% ../nbs/10_audio.ipynb #f7c24374
-SILENCE_PEAK = 1e-3   # -60 dBFS
-
 def read_audio_16k(path, min_seconds: float = 0.0) -> Audio:
     "`path`'s audio as `librosa.load(path, sr=16000)` reads it (channels averaged, resampled), with what was done; `BadInput` when unusable."
     p = Path(path)
@@ -43,11 +41,6 @@ def read_audio_16k(path, min_seconds: float = 0.0) -> Audio:
 def load_audio_16k(path, min_seconds: float = 0.0) -> np.ndarray:
     "Float32 mono 16 kHz samples of `path` (see `read_audio_16k`)."
     return read_audio_16k(path, min_seconds).samples
-
-# %% ../nbs/10_audio.ipynb #07e661e3
-def is_silent(x: np.ndarray, peak: float = SILENCE_PEAK) -> bool:
-    "True when no sample reaches `peak` (default -60 dBFS)."
-    return len(x) == 0 or float(np.max(np.abs(x))) < peak
 
 # %% ../nbs/10_audio.ipynb #057060dd
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_cli.ipynb #97d948b9
 from __future__ import annotations
-import argparse, dataclasses, functools, os, re, sqlite3, sys, time
+import argparse, dataclasses, functools, os, re, shutil, sqlite3, sys, time
 from collections import Counter, defaultdict
 from pathlib import Path
 from fastcore.docments import docments
@@ -17,7 +17,8 @@ __all__ = ['RUN_OPTIONS', 'RUN_ALIASES', 'NOTEBOOKS', 'COMMANDS', 'NO_FFMPEG', '
            'with_default', 'add_setting', 'config_flags', 'split_aliases', 'AliasAction', 'new_parser', 'folder_flags',
            'stage_parser', 'root_of', 'apply_aliases', 'stage_setup', 'summary', 'exit_code', 'refused', 'stopped',
            'stage_command', 'run_parser', 'config_from_args', 'run_command', 'call', 'status', 'report',
-           'stage_notebook', 'run_batch', 'batch', 'demo', 'sample', 'usage', 'main']
+           'export_parser', 'export_command', 'rebuild', 'stage_notebook', 'run_batch', 'batch', 'demo', 'sample',
+           'usage', 'main']
 
 # %% ../nbs/14_cli.ipynb #90da694e
 def parse_bool(v) -> bool:
@@ -309,8 +310,46 @@ def report(root: str):              # the output root of a run
     print(f'report: {h}\n        {m}')
     return 0
 
+# %% ../nbs/14_cli.ipynb #9618ba2e
+def export_parser() -> argparse.ArgumentParser:
+    "The parser of `talkface export`: the root, `--to`, and a flag per `ExportConfig` setting (its comment is the help)."
+    from talkface.export import ExportConfig
+    p = new_parser('talkface export', 'Export the kept clips of an output root for training: metadata, speaker-disjoint splits, '
+                   'shards and a dataset card.')
+    p.add_argument('root', help='a talkface output root')
+    p.add_argument('--to', required=True, help='the export folder (an earlier export there is replaced whole)')
+    for name, (d, h, ch) in field_docs(ExportConfig).items(): add_setting(p, [f'--{name}'], d, with_default(h, d), name, ch)
+    return p
+
+# %% ../nbs/14_cli.ipynb #f8f0f1c4
+def export_command(argv: list) -> int:
+    "`talkface export ROOT --to OUT [--format ...] [--split ...] [--seed 0] [--shard_size 1GB] ...`: the training hand-off."
+    from talkface.export import ExportConfig, export
+    a = export_parser().parse_args(argv)
+    cfg = ExportConfig(**{k: getattr(a, k) for k in field_docs(ExportConfig) if getattr(a, k) is not None})
+    try: s = export(a.root, a.to, cfg)
+    except TalkfaceError as e: return refused('export', e)
+    except OSError as e: return stopped('export', e, a.to)
+    print(f"talkface export: {s['clips']} clips, {s['speakers']} speakers {s['splits']}: {s['files']} files, "
+          f"{s['bytes'] / 1e6:.1f} MB in {s['seconds']:.1f} s -> {s['out']} (dataset card: README.md)")
+    return 0
+
+# %% ../nbs/14_cli.ipynb #27e9f6ec
+def rebuild(metadata: str,          # metadata.parquet written by `talkface export --format metadata` (or its folder)
+            sources: str = None,    # folder of the source videos (required)
+            output: str = None):    # the output root to rebuild the clips into (required)
+    "Rebuild the clips of release metadata from the source videos: cut, crop and convert each."
+    from talkface.export import rebuild as rebuild_root
+    try:
+        if not (sources and output): raise TalkfaceError('talkface rebuild', 'needs --sources and --output')
+        res = rebuild_root(metadata, sources, output)
+    except TalkfaceError as e: return refused('rebuild', e)
+    results = {(c, 'convert'): (r, True) for c, r in res.items()}
+    print(summary('rebuild', results, output))
+    return exit_code(results)
+
 # %% ../nbs/14_cli.ipynb #ba1847f7
-NOTEBOOKS = {'report': '12_report'}   # notebooks of commands that are not stages
+NOTEBOOKS = {'report': '12_report', 'export': '13_export'}   # notebooks of commands that are not stages
 
 def stage_notebook(name: str) -> Path:
     "The notebook of stage (or command) `name`: its declared chapter in the checkout's nbs/ folder, or the path it declares."
@@ -399,6 +438,8 @@ COMMANDS = {  # name: (what runs it, help)
     'status': (lambda argv: call(status, 'talkface status', argv), 'counts per stage and failure reasons of an output root'),
     'batch':  (lambda argv: call(batch, 'talkface batch', argv), 'run a stage notebook through papermill over a dataset'),
     'report': (lambda argv: call(report, 'talkface report', argv), 'write the QC report of an output root'),
+    'export': (export_command, 'the training hand-off: metadata, speaker-disjoint splits, shards, dataset card'),
+    'rebuild': (lambda argv: call(rebuild, 'talkface rebuild', argv), 'rebuild the clips of release metadata from the source videos'),
 }
 
 # %% ../nbs/14_cli.ipynb #e387b205

@@ -549,7 +549,9 @@ class Stage:
 STAGES: dict[str, Stage] = {}
 
 def register(stage: Stage) -> Stage:
-    "Add `stage` to the registry (replacing one of the same name); its output folders become `Layout` folders."
+    "Add `stage` to the registry (replacing one of the same name, but never the package's by a notebook's); its output folders become `Layout` folders."
+    old = STAGES.get(stage.name)
+    if old and old.func.__module__.startswith('talkface.') and not stage.func.__module__.startswith('talkface.'): return old
     STAGES[stage.name] = stage
     FOLDERS.update(stage.outputs)
     return stage

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 import numpy as np
-from .core import (BadInput, Layout, Manifest, MissingWeights, Skip, StageResult, TalkfaceError, discover,
-                           is_complete, log, require_weights, run_each, save_npy, write_json)
+from .core import (BadInput, Layout, Manifest, MissingWeights, Skip, Stage, StageResult, TalkfaceError, discover,
+                           is_complete, log, register, require_weights, run_each, save_npy, write_json)
 from .media import iter_frames, probe
 from .landmarks import load_landmarks
 
@@ -20,7 +20,7 @@ __all__ = ['MODEL_FILE', 'SHAPE5_FILE', 'SAME_PERSON', 'IDENTITY_DIR', 'model_pa
            'identity_path', 'clip_rgb', 'clip_length', 'embed_clip', 'change_point', 'summarize_identity',
            'IdentityConfig', 'change_reason', 'identity_outputs', 'identity_result', 'identity_clip',
            'cluster_speakers', 'read_pairs', 'merge_speakers', 'stored_embeddings', 'assign_speakers',
-           'speakers_after_run', 'identity_root', 'thumbnail', 'plot_speakers', 'plot_change']
+           'speakers_after_run', 'identity_root', 'thumbnail', 'plot_speakers', 'prepare_identity', 'plot_change']
 
 # %% ../nbs/10b_identity.ipynb #14bb308f
 MODEL_FILE = 'dlib_face_recognition_resnet_model_v1.dat'
@@ -84,11 +84,11 @@ def sample_indices(n_frames: int, step: int = 10, max_samples: int = 24) -> list
     return list(range(0, n_frames, step))
 
 # %% ../nbs/10b_identity.ipynb #87c9ad23
-IDENTITY_DIR = 'specified_formats/videos/identity'   # the layout folder (`Layout.identity` once registered)
+IDENTITY_DIR = 'specified_formats/videos/identity'   # the layout folder the stage declares (`Layout.identity`)
 
 def identity_dir(layout: Layout) -> Path:
-    "The identity folder of `layout`: its `identity` field when it has one, else `IDENTITY_DIR` under the root."
-    return layout.root / getattr(layout, 'identity', IDENTITY_DIR)
+    "The identity folder of `layout` (`IDENTITY_DIR` under its root unless moved)."
+    return layout.dir('identity')
 
 def identity_path(layout: Layout, clip: str, suffix: str) -> Path:
     "The identity output `suffix` ('.json', '.npy', '.frames.npy') of `clip`; refuses unsafe clip ids."
@@ -177,7 +177,7 @@ class IdentityConfig:
     change_action: str = 'flag'      # flag | drop: a clip whose identity changes inside it
     jitters: int = 0                 # dlib's num_jitters (more is slower, a little more stable)
     speakers: str = ''               # clip,speaker CSV: these names override the clustering
-    overwrite: bool = False          # recompute clips whose outputs exist
+    overwrite: bool = False          # recompute clips whose outputs exist (a run's --overwrite)
 
 def change_reason(clip: str, figs: dict) -> str:
     "The manifest's reason for a clip whose identity changes inside it."
@@ -255,9 +255,9 @@ def stored_embeddings(layout: Layout, clips) -> dict[str, np.ndarray]:
     "The clip embeddings of `clips` that exist in `layout`."
     return {c: np.load(identity_path(layout, c, '.npy')) for c in clips if identity_path(layout, c, '.npy').is_file()}
 
-def assign_speakers(root, speakers=None, threshold: float = SAME_PERSON) -> dict[str, tuple[str, str]]:
-    "Cluster the clip embeddings of `root`, apply the `speakers` CSV, store the ids; return `{clip: (speaker, how)}`."
-    layout, m = Layout(root), Manifest(root)
+def assign_speakers(root, speakers=None, threshold: float = SAME_PERSON, layout: Layout|None = None) -> dict[str, tuple[str, str]]:
+    "Cluster the clip embeddings of `root` (in `layout`'s folders), apply the `speakers` CSV, store the ids; `{clip: (speaker, how)}`."
+    layout, m = layout or Layout(root), Manifest(root)
     try:
         rows = {r['clip']: r for r in m.rows('identity') if r['status'] == 'ok'}
         out = merge_speakers(cluster_speakers(stored_embeddings(layout, rows), threshold), read_pairs(speakers) if speakers else {})
@@ -273,10 +273,10 @@ def assign_speakers(root, speakers=None, threshold: float = SAME_PERSON) -> dict
     return out
 
 # %% ../nbs/10b_identity.ipynb #1e218f32
-def speakers_after_run(root, cfg: IdentityConfig|None = None) -> dict[str, tuple[str, str]]:
-    "The speaker ids of `root` once every clip's identity task is done (what the pipeline runs after them)."
+def speakers_after_run(layout: Layout, cfg: IdentityConfig|None = None) -> dict[str, tuple[str, str]]:
+    "The speaker ids of `layout`'s clips once every clip's identity task is done (what the driver runs after them)."
     cfg = cfg or IdentityConfig()
-    return assign_speakers(root, cfg.speakers or None, cfg.threshold)
+    return assign_speakers(layout.root, cfg.speakers or None, cfg.threshold, layout)
 
 def identity_root(root, cfg: IdentityConfig|None = None, speakers=None) -> dict[str, StageResult]:
     "The identity stage over every converted clip of `root`, then the speaker ids (`speakers` or `cfg.speakers` CSV); `{clip: result}`."
@@ -314,6 +314,16 @@ def plot_speakers(root, per_row: int = 6, side: int = 96):
         row[0].text(-0.1, 0.5, s, transform=row[0].transAxes, ha='right', va='center', fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/10b_identity.ipynb #637853e0
+def prepare_identity(cfg: IdentityConfig, run):
+    "Before a `talkface run` or `talkface identity`: the run's `--overwrite` recomputes existing outputs."
+    cfg.overwrite = bool(cfg.overwrite or run.overwrite)
+
+# %% ../nbs/10b_identity.ipynb #7192e63d
+register(Stage('identity', identity_clip, IdentityConfig, {'identity': IDENTITY_DIR}, reads=('videos_25fps',), after=('landmarks',),
+               notebook='10b_identity', prepare=prepare_identity, finish=speakers_after_run, flags={'--root': 'output'},
+               help='face embeddings per clip, identity changes inside clips, speaker ids'))
 
 # %% ../nbs/10b_identity.ipynb #b8ffb3cb
 def plot_change(clip: str, layout: Layout, ax=None):

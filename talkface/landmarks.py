@@ -22,7 +22,7 @@ __all__ = ['N_POINTS', 'FB_FROM_LM', 'DLIB_FROM_LM', 'PIPNET_FILE', 'PIPNET_SOUR
            'detect_face', 'Tracker', 'track_landmarks', 'Landmarks', 'apply_missing_policy', 'format_landmarks',
            'read_landmarks_txt', 'save_landmarks', 'load_landmarks', 'LandmarksConfig', 'clip_source',
            'compute_landmarks', 'landmarks_clip', 'clip_landmarks', 'use_video_source', 'check_landmarker',
-           'iter_source', 'iter_video_frames', 'default_root', 'cli_layout', 'frame_clips', 'run_cli']
+           'iter_source', 'iter_video_frames', 'default_root']
 
 # %% ../nbs/07_landmarks.ipynb #a5371227
 N_POINTS = 68
@@ -491,30 +491,3 @@ def default_root(path) -> Path:
     for q in [p, *p.parents]:
         if q.name == 'specified_formats': return q.parent
     return p.parent
-
-# %% ../nbs/07_landmarks.ipynb #ff9d5d27
-def cli_layout(**dirs) -> Layout:
-    "A Layout whose named folders are the given (absolute) paths."
-    return Layout(Path('/'), **{k: str(Path(v).expanduser().resolve()) for k, v in dirs.items() if v})
-
-# %% ../nbs/07_landmarks.ipynb #b76742dd
-def frame_clips(from_dir) -> dict:
-    "`{clip: folder}` for each sub-folder of a frames root, sorted."
-    d = Path(from_dir)
-    if not d.is_dir(): raise BadInput(d, 'frames folder does not exist')
-    return {p.name: p for p in sorted(d.iterdir()) if p.is_dir() and not p.name.startswith('.')}
-
-# %% ../nbs/07_landmarks.ipynb #ab184db8
-def run_cli(stage: str, clips: dict, fn, root, verbose: bool = False) -> int:
-    "Run `fn(clip, path)` over clips with a manifest under `root`; print a summary; 0 when the batch ran."
-    from talkface.core import Manifest, run_each, setup_logging
-    setup_logging(root, verbose)
-    m = Manifest(root)
-    try: res = run_each(clips, stage, fn, m)
-    finally: m.close()
-    from collections import Counter
-    c = Counter(r.status for r in res.values())
-    print(f"talkface {stage}: {len(res)} clip(s): " + ', '.join(f'{k} {v}' for k, v in sorted(c.items())) + f'  (manifest: {Path(root) / "manifest.sqlite"})')
-    for cid, r in res.items():
-        if r.status != 'ok': print(f'  {cid}: {r.status}: {r.reason}')
-    return 0

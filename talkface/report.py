@@ -15,8 +15,8 @@ from .viewer import ClipViewer   # the clip viewer lives in 12a_viewer; offered 
 
 # %% auto #0
 __all__ = ['figure_values', 'read_aus', 'gather', 'png_bytes', 'histogram', 'pose_figure', 'au_figure', 'clip_frame',
-           'landmark_grid', 'md_table', 'cut_line', 'stage_counts', 'face_sections', 'report_sections', 'md_to_html',
-           'write_report']
+           'landmark_grid', 'md_table', 'cut_line', 'stage_counts', 'face_sections', 'sync_figure', 'sync_sections',
+           'report_sections', 'md_to_html', 'write_report']
 
 # %% ../nbs/12_report.ipynb #e5894b10
 def figure_values(df, name: str) -> np.ndarray:
@@ -60,6 +60,7 @@ def gather(root) -> dict:
     poses = [np.load(p) for p in sorted(lay.dir('pose_data').glob('*.npy'))]
     g['pose'] = np.concatenate([p for p in poses if p.ndim == 2 and p.shape[1] == 3]) if poses else np.zeros((0, 3))
     g['aus'] = read_aus(lay)
+    g['sync'] = by('sync')
     g['slowest'] = (df.groupby('clip')['seconds'].sum().sort_values(ascending=False).head(10) if len(df) else None)
     g['clips'] = sorted(p.stem for p in lay.dir('landmarks').glob('*.npy') if not p.stem.endswith('.valid'))
     return g
@@ -159,6 +160,36 @@ def face_sections(g: dict) -> list[tuple]:
                                                       for k, n in enumerate(('yaw', 'pitch', 'roll')))] if len(pose) else ['no pose data']
     return [('Head pose', pose_lines, pose_figure(pose)), ('Action units and blinks', au_lines or ['no action-unit data'], au_figure(aus))]
 
+# %% ../nbs/12_report.ipynb #9593e362
+def sync_figure(offset: np.ndarray, confidence: np.ndarray) -> bytes:
+    "Histograms of the clips' sync offsets (frames; + = audio late) and confidences."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=(8, 2.4))
+    axs[0].hist(offset, bins=np.arange(-15.5, 16), color='#4477aa')
+    axs[0].set_xlabel('offset (frames; + = audio late)')
+    axs[1].hist(confidence, bins=20, color='#4477aa')
+    axs[1].set_xlabel('confidence')
+    for ax in axs: ax.set_ylabel('clips')
+    return png_bytes(fig)
+
+# %% ../nbs/12_report.ipynb #75d86c6c
+def sync_sections(g: dict) -> list[tuple]:
+    "The audio-visual sync sections: offsets and confidences, then the clips flagged or dropped for sync."
+    d = g.get('sync')
+    d = d[d['fig.offset'].notna()] if d is not None and len(d) and 'fig.offset' in d else None
+    if d is None or not len(d): return [('Audio-visual sync', ['no sync data'], None)]
+    off, conf = d['fig.offset'].astype(float).to_numpy(), d['fig.confidence'].astype(float).to_numpy()
+    kept = d['fig.kept'].fillna(True).astype(bool).to_numpy() if 'fig.kept' in d else np.ones(len(d), bool)
+    fixed = int((d['fig.corrected_by'].fillna(0) != 0).sum()) if 'fig.corrected_by' in d else 0
+    flag = d[~kept]
+    lines = [f"{len(d)} clips measured ({', '.join(sorted(set(d['fig.backend'].dropna())))}): offset 0 in {np.mean(off == 0):.0%} "
+             f"of them, within one frame in {np.mean(np.abs(off) <= 1):.0%}; median confidence {np.median(conf):.2f}; "
+             f"{len(flag)} flagged ({int((flag['status'] == 'skipped').sum())} of them dropped), {fixed} corrected."]
+    rows = [(c, int(o), f'{cf:.2f}', st, html.escape(why(r).removeprefix('flagged for sync: ').removeprefix('dropped for sync: ')))
+            for c, o, cf, st, r in zip(flag['clip'], flag['fig.offset'], flag['fig.confidence'], flag['status'], flag['reason'])]
+    table = md_table(['clip', 'offset', 'confidence', 'status', 'reason'], rows[:30]) if rows else ['No clip was flagged for sync.']
+    return [('Audio-visual sync', lines, sync_figure(off, conf)), ('Flagged for sync', table, None)]
+
 # %% ../nbs/12_report.ipynb #c8e50a3f
 def report_sections(g: dict) -> list[tuple[str, list[str], bytes|None]]:
     "The report as (title, markdown lines, picture) sections."
@@ -174,6 +205,7 @@ def report_sections(g: dict) -> list[tuple[str, list[str], bytes|None]]:
         *face_sections(g),
         ('Speech', [f'median speech ratio {np.median(sr):.2f}' if len(sr) else 'no data'], histogram(sr, 'speech ratio (Silero VAD)', 'ratio', bins=10)),
         ('Landmarks', [f'{len(g["clips"])} clips with landmarks; middle frame of each:'], landmark_grid(g['root'], g['clips'])),
+        *sync_sections(g),
         ('Slowest clips', md_table(['clip', 'seconds (all stages)'], slow) if slow else ['no data'], None),
     ]
 

@@ -4,18 +4,18 @@
 
 # %% ../nbs/10a_sync.ipynb #c5dea2ee
 from __future__ import annotations
-import argparse, functools, hashlib, json, math, sys
+import functools, hashlib, json, math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 import numpy as np
 from fastcore.basics import patch
-from .core import (BadInput, Layout, MissingWeights, Skip, StageResult, TalkfaceError, atomic_path, discover,
+from .core import (FPS, SR, BadInput, Layout, MissingWeights, Skip, Stage, StageResult, atomic_path, register,
                            require_weights, weights_dir, write_json)
 from .media import load_audio, probe, run_ffmpeg, ffpath
-from .landmarks import (LandmarksConfig, clip_landmarks, clip_source, cli_layout, count_frames, default_root,
-                                face_scale, iter_source, run_cli)
-from .audio import FPS, SR, is_silent
+from .landmarks import (LandmarksConfig, clip_landmarks, clip_source, count_frames, face_scale, iter_source,
+                                use_video_source)
+from .vad import is_silent
 
 # %% auto #0
 __all__ = ['INNER_LIPS', 'OUTER_LIPS', 'MOUTH_FEATURES', 'N_MELS', 'WIN', 'HOP', 'NFFT', 'LOW_HZ', 'HIGH_HZ', 'SPF',
@@ -25,8 +25,8 @@ __all__ = ['INNER_LIPS', 'OUTER_LIPS', 'MOUTH_FEATURES', 'N_MELS', 'WIN', 'HOP',
            'change', 'LandmarksScorer', 'shift_audio', 'naive_offset', 'conv_stack', 'syncnet_v2', 'load_syncnet',
            'make_random_syncnet', 'crop_track', 'face_crop', 'syncnet_mfcc', 'syncnet_distances', 'face_stacks',
            'SyncNetScorer', 'SyncConfig', 'thresholds', 'judge', 'get_scorer', 'file_digest', 'shift_mp4_command',
-           'correct_audio', 'sync_json', 'clip_inputs', 'stored_record', 'measure', 'sync_clip', 'field_help',
-           'sync_parser', 'main']
+           'correct_audio', 'sync_json', 'clip_inputs', 'stored_record', 'measure', 'sync_clip', 'prepare_sync',
+           'check_sync']
 
 # %% ../nbs/10a_sync.ipynb #3417a48e
 INNER_LIPS = ((61, 67), (62, 66), (63, 65))
@@ -425,7 +425,7 @@ SYNC_DIR = 'specified_formats/videos/sync'
 @dataclass
 class SyncConfig:
     "Settings of the sync stage; a negative threshold takes the backend's default (see the table above)."
-    backend: str = 'landmarks'        # landmarks (CPU, offline) | syncnet (needs weights/syncnet_v2.model)
+    backend: str = 'landmarks'        # landmarks | syncnet: landmarks runs offline on a CPU; syncnet needs weights/syncnet_v2.model
     model_path: str = ''              # syncnet checkpoint (default: weights/syncnet_v2.model)
     max_offset: int = 15              # lags searched: -max_offset .. +max_offset frames (syncnet_python's vshift)
     max_abs_offset: int = -1          # flag clips whose audio is off by more frames (-1: 6 for both backends)
@@ -438,7 +438,7 @@ class SyncConfig:
     batch_size: int = 20              # syncnet: 5-frame stacks per forward pass
     landmarks_backend: str = 'dlib'   # landmarker used when the clip has no landmark file
     source: str = 'auto'              # frames for landmarks or SyncNet crops: auto | frames | video
-    overwrite: bool = False           # measure again even when the stored record measured this very wav
+    overwrite: bool = False           # measure again even when the stored record measured this very wav (a run's --overwrite)
 
 # %% ../nbs/10a_sync.ipynb #e48b9eab
 def thresholds(cfg: SyncConfig) -> tuple[int, float, float]:
@@ -505,8 +505,7 @@ def correct_audio(wav, frames: int, mp4=None) -> dict:
 
 # %% ../nbs/10a_sync.ipynb #acf76ede
 def sync_json(layout: Layout, clip: str) -> Path:
-    "Where the sync record of `clip` goes: the layout's `sync` folder (`specified_formats/videos/sync` unless set)."
-    if not hasattr(layout, 'sync'): layout.sync = SYNC_DIR          # a Layout from before the sync stage
+    "Where the sync record of `clip` goes: the layout's `sync` folder (`specified_formats/videos/sync` unless moved)."
     return layout.path('sync', clip, '.json')
 
 # %% ../nbs/10a_sync.ipynb #1836f2bb
@@ -576,46 +575,21 @@ def sync_clip(clip: str, layout: Layout, cfg: SyncConfig|None = None, src=None, 
     if not keep and cfg.drop: return StageResult('skipped', f'{wav.name}: dropped for sync: {why}', figs)
     return StageResult('ok', f'{wav.name}: flagged for sync: {why}' if why else '', figs, [str(dest)])
 
-# %% ../nbs/10a_sync.ipynb #e76ebb25
-def field_help(cls) -> dict[str, str]:
-    "The comment after each field of a dataclass, read from its source: the help text of that field's flag."
-    import inspect, re
-    try: src = inspect.getsource(cls)
-    except (OSError, TypeError): return {}
-    return {m[1]: m[2].strip() for m in re.finditer(r'^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.*)$', src, re.M)}
+# %% ../nbs/10a_sync.ipynb #2157689e
+def prepare_sync(cfg: SyncConfig, run):
+    "Before a `talkface run` or `talkface sync`: read the video when the run streams it; `--overwrite` measures again."
+    use_video_source(cfg, run)
+    cfg.overwrite = bool(cfg.overwrite or run.overwrite)
 
-# %% ../nbs/10a_sync.ipynb #f3c2a9cc
-def sync_parser() -> argparse.ArgumentParser:
-    "The arguments of `talkface sync`: the folders, then one flag per `SyncConfig` field."
-    import dataclasses
-    p = argparse.ArgumentParser(prog='talkface sync', description='Audio-visual offset and confidence per clip (a JSON each), '
-                                'optional correction and filter. Offset > 0: the audio is late.')
-    p.add_argument('--videos_dir', default=f'data_processing/{Layout.videos_25fps}/', help='the 25 fps videos (<clip>.mp4)')
-    p.add_argument('--audios_dir', default=f'data_processing/{Layout.audios_16k}/', help='the 16 kHz wavs, paired by name (<clip>.wav)')
-    p.add_argument('--output_dir', default=f'data_processing/{SYNC_DIR}/', help='where <clip>.json goes')
-    p.add_argument('--landmarks_dir', default=None, help='reuse the landmark files of this folder (else they are computed)')
-    helps = field_help(SyncConfig)
-    for f in dataclasses.fields(SyncConfig):
-        h = helps.get(f.name, '') + f' (default {f.default!r})'
-        if f.type in (bool, 'bool'): p.add_argument(f'--{f.name}', action='store_true', help=helps.get(f.name))
-        elif f.name == 'backend': p.add_argument('--backend', default=f.default, choices=BACKENDS, help=h)
-        else: p.add_argument(f'--{f.name}', type=type(f.default), default=f.default, help=h)
-    p.add_argument('--root', default=None, help='output root for the manifest and log (default: above specified_formats/)')
-    p.add_argument('-v', '--verbose', action='store_true')
-    return p
+# %% ../nbs/10a_sync.ipynb #5be36329
+def check_sync(cfg: SyncConfig):
+    "Before any clip: create the backend once, so an unknown backend or a missing checkpoint is said once, not per clip."
+    try: get_scorer(cfg)
+    except ValueError as e: raise BadInput('--backend', str(e), f"choose one of: {', '.join(BACKENDS)}") from None
 
-# %% ../nbs/10a_sync.ipynb #705096aa
-def main(argv=None) -> int:
-    "`talkface sync`: offset and confidence of every clip of a videos folder, paired by name with the wavs of an audios folder."
-    import dataclasses
-    a = sync_parser().parse_args(argv)
-    cfg = SyncConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(SyncConfig)})
-    try:
-        clips = discover(a.videos_dir)
-        get_scorer(cfg)                                   # a missing checkpoint: said once, not per clip
-    except (TalkfaceError, ValueError) as e:
-        print(f'talkface sync: {e}', file=sys.stderr); return 1
-    layout = cli_layout(videos_25fps=a.videos_dir, audios_16k=a.audios_dir, landmarks=a.landmarks_dir)
-    layout.sync = str(Path(a.output_dir).expanduser().resolve())
-    one = lambda cid, path: sync_clip(cid, layout, cfg, src=path, reuse_landmarks=bool(a.landmarks_dir))
-    return run_cli('sync', clips, one, a.root or default_root(a.output_dir), a.verbose)
+# %% ../nbs/10a_sync.ipynb #be7dcd75
+register(Stage('sync', sync_clip, SyncConfig, {'sync': SYNC_DIR}, reads=('videos_25fps',), after=('landmarks', 'convert'),
+               notebook='10a_sync', prepare=prepare_sync, check=check_sync,
+               help='audio-visual offset and confidence per clip, correction and filter',
+               flags={'--videos_dir': 'input', '--audios_dir': 'audios_16k', '--output_dir': 'sync', '--landmarks_dir': 'landmarks',
+                      '--root': 'manifest_root'}))

@@ -11,8 +11,15 @@ from .core import BadInput, FPS, SR, wheel_file
 from .media import load_audio, resample
 
 # %% auto #0
-__all__ = ['VAD_WINDOW', 'VAD_CONTEXT', 'vad_model_path', 'get_vad', 'speech_probs', 'speech_segments', 'as_samples',
-           'vad_segments', 'speech_ratio', 'voiced_frames']
+__all__ = ['SILENCE_PEAK', 'VAD_WINDOW', 'VAD_CONTEXT', 'is_silent', 'vad_model_path', 'get_vad', 'speech_probs',
+           'speech_segments', 'as_samples', 'vad_segments', 'speech_ratio', 'voiced_frames']
+
+# %% ../nbs/02b_vad.ipynb #ab4861e6
+SILENCE_PEAK = 1e-3   # -60 dBFS
+
+def is_silent(x: np.ndarray, peak: float = SILENCE_PEAK) -> bool:
+    "True when no sample reaches `peak` (default -60 dBFS)."
+    return len(x) == 0 or float(np.max(np.abs(x))) < peak
 
 # %% ../nbs/02b_vad.ipynb #3d5d5ad9
 VAD_WINDOW, VAD_CONTEXT = 512, 64   # Silero's 16 kHz window, and the samples of the previous window it also sees

@@ -13,7 +13,7 @@ def talkface(*args, cwd=None, env=None):
 def test_help_lists_every_stage():
     r = talkface('--help')
     assert r.returncode == 0
-    for cmd in 'sample demo scenes filter crop convert landmarks pose aus audio run report status batch'.split():
+    for cmd in 'sample demo scenes filter crop convert landmarks sync pose aus audio identity run report status batch export rebuild'.split():
         assert f'  {cmd} ' in r.stdout, cmd
 
 def test_unknown_command_is_a_clear_error():
@@ -65,6 +65,9 @@ def test_readme_stage_by_stage(readme):
          '--convert_video', '--convert_audio', '--extract_frames'],
         ['landmarks', '--from_dir', 'data_processing/specified_formats/videos/video_frames/',
          '--lmd_output_dir', 'data_processing/specified_formats/videos/landmarks/', '--skip_existing'],
+        ['sync', '--videos_dir', 'data_processing/specified_formats/videos/videos_25fps/',
+         '--audios_dir', 'data_processing/specified_formats/audios/audios_16k/', '--output_dir', 'data_processing/specified_formats/videos/sync/',
+         '--landmarks_dir', 'data_processing/specified_formats/videos/landmarks/', '--max_offset', '15'],
         ['audio', '--feature', 'hubert', '--model_path', 'weights/chinese-hubert-large',
          '--audio_dir_path', 'data_processing/specified_formats/audios/audios_16k/',
          '--audio_feature_saved_path', 'data_processing/specified_formats/audios/hubert_features/', '--computed_device', 'cuda',
@@ -80,9 +83,9 @@ def test_readme_stage_by_stage(readme):
     for c in ('talk-Scene-001', 'talk-Scene-002'):
         assert lay.path('cropped', c, '.mp4').exists() and lay.path('audios_16k', c, '.wav').exists()
         assert (lay.path('frames', c) / '000001.png').exists() and lay.path('landmarks', c, '.txt').exists()
-        assert (lay.dir('hubert') / f'{c}.npy').exists()
+        assert (lay.dir('hubert') / f'{c}.npy').exists() and lay.path('sync', c, '.json').exists()
     m = Manifest(d / 'data_processing')                  # convert and landmarks write under specified_formats/: one manifest above it
-    assert {r['stage'] for r in m.rows()} >= {'convert', 'landmarks'}
+    assert {r['stage'] for r in m.rows()} >= {'convert', 'landmarks', 'sync'}
     m.close()
     assert (d / 'data_processing' / 'cropped_faces' / 'manifest.sqlite').exists()    # crop's output folder is its root, as before
 

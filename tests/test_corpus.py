@@ -10,6 +10,15 @@ from conftest import BIN
 ORDER = [s.name for s in stage_order()]
 STAGE_DIRS = {s.name: list(s.outputs) for s in stage_order()}   # the layout folders each stage writes into, as it declares them
 GOOD = ('good_a.mp4', 'good_b.mp4')
+
+
+def downstream(stage: str) -> list[str]:
+    "`stage` and every stage that needs it, directly or through others (the stages are a tree: sync does not need pose)."
+    out = [stage]
+    for s in stage_order():
+        if s.name not in out and any(a in out for a in s.after): out.append(s.name)
+    return out
+
 RAW_ERROR = re.compile(r'Traceback|Errno|\b[A-Z][A-Za-z]*(Error|Exception)\b|unexpected |File "')
 
 
@@ -76,7 +85,8 @@ def test_good_clips_produce_full_outputs(corpus):
             n = len(list(lay.path('frames', k).glob('*.png')))
             assert n > 50 and (lay.path('frames', k) / '000001.png').exists()
             for kind, suf in (('videos_25fps', '.mp4'), ('audios_16k', '.wav'), ('landmarks', '.txt'), ('landmarks', '.npy'),
-                              ('pose_data', '.npy'), ('mfcc', '.npy')):
+                              ('pose_data', '.npy'), ('mfcc', '.npy'), ('sync', '.json'), ('identity', '.json'),
+                              ('identity', '.npy')):
                 assert is_complete(lay.path(kind, k, suf)), (k, kind)
             assert is_complete(lay.path('aus', k) / f'{k}.csv')
 
@@ -117,8 +127,8 @@ def test_no_output_where_a_stage_did_not_succeed(corpus):
     mine = lambda p, c: p.name == c or p.name.startswith(c + '.') or p.name.startswith(c + '-Scene-')
     for clip, rows in by.items():
         bad = [st for st, r in rows.items() if r['status'] != 'ok']
-        for st in bad:   # the failed/skipped stage and every stage after it
-            for later in ORDER[ORDER.index(st):]:
+        for st in bad:   # the failed/skipped stage and every stage that needs it
+            for later in downstream(st):
                 for kind in STAGE_DIRS[later]:
                     d = lay.dir(kind)
                     stray = [p.name for p in d.iterdir() if mine(p, clip)] if d.exists() else []

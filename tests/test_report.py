@@ -20,7 +20,7 @@ def test_report_has_every_section(report):
     html, md = report
     text = md.read_text()
     for head in ('Clips per stage', 'Why clips stopped', 'Durations', 'Face size', 'Head pose', 'Action units and blinks',
-                 'Speech', 'Landmarks', 'Slowest clips'):
+                 'Speech', 'Landmarks', 'Audio-visual sync', 'Slowest clips'):
         assert f'## {head}' in text
     assert '| landmarks | 4 | 0 | 0 |' in text
     page = html.read_text()

@@ -7,7 +7,8 @@ from talkface.landmarks import load_landmarks, save_landmarks
 from talkface.media import load_audio, probe, real_sample, run_ffmpeg, save_wav
 from talkface.pipeline import RunConfig, run_pipeline
 from talkface.sample import demo_sample
-from talkface.sync import (SPF, SYNCNET_FILE, LandmarksScorer, SyncConfig, SyncNetScorer, file_digest, get_scorer, judge, main,
+from talkface.cli import main as talkface
+from talkface.sync import (SPF, SYNCNET_FILE, LandmarksScorer, SyncConfig, SyncNetScorer, file_digest, get_scorer, judge,
                            make_random_syncnet, naive_offset, shift_audio, shift_mp4_command, sync_clip, sync_json, syncnet_v2)
 
 SHIFTS = (-8, -4, -2, 0, 2, 4, 8)
@@ -148,8 +149,8 @@ def test_flag_drop_and_changed_thresholds(sample, tmp_path):
 def test_command_writes_records_and_manifest(sample, tmp_path):
     lay, clip = sample
     out = tmp_path / 'data' / 'specified_formats' / 'videos' / 'sync'
-    assert main(['--videos_dir', str(lay.dir('videos_25fps')), '--audios_dir', str(lay.dir('audios_16k')),
-                 '--output_dir', str(out), '--landmarks_dir', str(lay.dir('landmarks')), '--max_offset', '10']) == 0
+    assert talkface(['sync', '--videos_dir', str(lay.dir('videos_25fps')), '--audios_dir', str(lay.dir('audios_16k')),
+                     '--output_dir', str(out), '--landmarks_dir', str(lay.dir('landmarks')), '--max_offset', '10']) == 0
     assert json.loads((out / f'{clip}.json').read_text())['lags'] == list(range(-10, 11))
     rows = {r['clip']: r for r in Manifest(tmp_path / 'data').rows('sync')}
     assert rows[clip]['status'] == 'ok' and rows[clip]['figures']['offset'] == 0 and rows[clip]['figures']['confidence'] > 3.5
@@ -163,7 +164,7 @@ def test_syncnet_checkpoint_names_and_missing_file(tmp_path, capsys):
     assert shapes['netfclip.1.running_mean'] == (512,)
     with pytest.raises(MissingWeights) as e: get_scorer(SyncConfig('syncnet', model_path=str(tmp_path / SYNCNET_FILE)))
     assert SYNCNET_FILE in str(e.value) and '--backend landmarks' in str(e.value)
-    assert main(['--videos_dir', str(tmp_path), '--backend', 'syncnet', '--model_path', str(tmp_path / SYNCNET_FILE)]) == 1
+    assert talkface(['sync', '--videos_dir', str(tmp_path), '--backend', 'syncnet', '--model_path', str(tmp_path / SYNCNET_FILE)]) == 2
     assert SYNCNET_FILE in capsys.readouterr().err
 
 
@@ -185,3 +186,18 @@ def test_syncnet_random_checkpoint_end_to_end(sample, tmp_path):
     assert rec['offset'] == rec['lags'][int(np.argmin(d))] and abs(rec['confidence'] - (np.median(d) - d.min())) < 1e-3
     assert rec['extra']['min_dist'] == pytest.approx(d.min(), abs=1e-3)
     assert get_scorer(SyncConfig('syncnet', model_path=str(ck), batch_size=8)) is get_scorer(SyncConfig('syncnet', model_path=str(ck), batch_size=8))
+
+
+def test_sync_runs_in_the_pipeline_and_the_command(tmp_path):
+    import subprocess, sys
+    r = subprocess.run([str(Path(sys.executable).parent / 'talkface'), 'sync', '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and all(f in r.stdout for f in ('--sync_correct', '--videos_dir', '--audios_dir', '--output_dir',
+                                                              '--landmarks_dir', '--backend', '--model_path', '--max_offset'))
+    (tmp_path / 'in').mkdir(); shutil.copy2(demo_sample(), tmp_path / 'in' / 'sample.mp4')
+    m = run_pipeline(RunConfig(input=str(tmp_path / 'in'), output=str(tmp_path / 'out'), workers=1,
+                               stages='scenes,filter,crop,convert,landmarks,sync'))
+    rows = m.rows('sync'); m.close()
+    assert len(rows) == 2 and all(r['status'] == 'ok' and r['figures']['offset'] == 0 for r in rows), rows
+    lay = Layout(tmp_path / 'out')
+    assert all(sync_json(lay, r['clip']).exists() and str(sync_json(lay, r['clip'])) in r['outputs'] for r in rows)
+    assert lay.dir('sync') == tmp_path / 'out' / 'specified_formats' / 'videos' / 'sync'
