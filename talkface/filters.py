@@ -15,7 +15,7 @@ from .vad import speech_ratio
 
 # %% auto #0
 __all__ = ['SCORE_KEYS', 'PLOTTED', 'FilterConfig', 'laplacian_var', 'blur_region', 'sample_step', 'hands_backend', 'measure',
-           'decide', 'stored_scores', 'filter_clip', 'plot_scores']
+           'decide', 'stored_scores', 'filter_clip', 'plot_scores', 'prepare_filter', 'expect_filter']
 
 # %% ../nbs/04_filters.ipynb #4533f712
 @dataclass
@@ -36,6 +36,7 @@ class FilterConfig:
     device: str = 'cpu'
     hands_model: str = 'hand_landmarker.task'   # in weights/ (MediaPipe hand landmarker)
     rescore: bool = False            # measure again even where this file's scores are stored
+    copy_kept: bool = True           # copy a kept clip into raw_data/ (a talkface run does only with --keep scenes)
     limits = dict(min_duration=(0, 10**6), min_size=(0, 10**9), sample_every=(0.04, 3600))   # what is allowed, checked before any work (core.check_settings)
 
 # %% ../nbs/04_filters.ipynb #6c6a91f5
@@ -158,6 +159,9 @@ def filter_clip(clip: str, layout: Layout, cfg: FilterConfig = FilterConfig(), s
     if not keep:
         dest.unlink(missing_ok=True)
         return skipped(f'{src.name}: dropped: {why}', **figures)
+    if not cfg.copy_kept:                                   # a run without --keep scenes: crop and convert read the scene file
+        figures['how'] = 'in place'
+        return ok([], **figures)
     figures['how'] = link_or_copy(src, dest)
     return ok([dest], **figures)
 
@@ -182,7 +186,19 @@ def plot_scores(scores: dict, cfg: FilterConfig = FilterConfig(), hist_from: int
     fig.tight_layout()
     return fig
 
+# %% ../nbs/04_filters.ipynb #5704149c
+def prepare_filter(cfg: FilterConfig, run) -> list[str]:
+    "Before a run: copy kept clips into `raw_data/` only when the run keeps the scene files (`talkface run --keep scenes`)."
+    cfg.copy_kept = cfg.copy_kept and 'scenes' in run.kept
+    return []
+
+# %% ../nbs/04_filters.ipynb #fa870382
+def expect_filter(clip: str, layout: Layout, cfg: FilterConfig) -> list[Path]:
+    "A kept clip's copy, when these settings make one (a run that now keeps the scenes copies the clips kept before)."
+    return [layout.path('raw', clip, '.mp4')] if cfg.copy_kept else []
+
 # %% ../nbs/04_filters.ipynb #1a9efebc
 register(Stage('filter', filter_clip, FilterConfig, {'raw': 'raw_data'}, reads=('scenes',), after=('scenes',),
                flags={'--before_filtering_dir': 'scenes', '--after_filtering_dir': 'raw'}, notebook='04_filters',
+               prepare=prepare_filter, expects=expect_filter,
                help='score clips (duration, size, blur, hands, speech, faces) and keep or drop them'))

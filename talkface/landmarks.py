@@ -559,8 +559,10 @@ def use_video_source(cfg, run):
 
 # %% ../nbs/07_landmarks.ipynb #5ab8dad0
 def check_landmarker(cfg: LandmarksConfig):
-    "Before any clip: load the landmarker once, so a missing weight file is said once, not per clip."
-    get_landmarker(cfg.backend, cfg.weights, 'cpu')       # on the CPU: the driver holds no GPU memory; the GPU workers load their own
+    "Before any clip: a missing weight file is said once. dlib's is only found (loading costs the driver 0.7 CPU s, 75 MB)."
+    if cfg.backend != 'dlib': get_landmarker(cfg.backend, cfg.weights, 'cpu')   # loading PIPNet also checks the file is one; on the CPU: the driver holds no GPU memory
+    elif cfg.weights: require_weights(cfg.weights, 'dlib', "dlib's shape_predictor_68_face_landmarks.dat")
+    else: dlib_model_path()
 
 # %% ../nbs/07_landmarks.ipynb #fef46c95
 register(Stage('landmarks', landmarks_clip, LandmarksConfig, {'landmarks': 'specified_formats/videos/landmarks'},

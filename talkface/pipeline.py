@@ -16,9 +16,9 @@ from .devices import DeviceSpec, parse_device, placement
 from .engines import LocalEngine, RayEngine, Task, wants_gpu
 
 # %% auto #0
-__all__ = ['RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare', 'check_input', 'check',
-           'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size', 'place_inputs', 'Driver', 'spawnable',
-           'make_engine', 'run_pipeline']
+__all__ = ['KEEPABLE', 'RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare', 'check_input',
+           'check', 'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size', 'place_inputs', 'Driver',
+           'spawnable', 'make_engine', 'run_pipeline']
 
 # %% ../nbs/11_pipeline.ipynb #fcf35c9d
 @dataclass
@@ -36,6 +36,7 @@ class RunConfig:
     overwrite: bool = False          # redo every clip, done or not
     ray_address: str = ''            # Ray cluster address (default: a local Ray)
     gpu_batch: int = 8               # clips a GPU worker takes at once (GPU stages)
+    keep: str = ''                   # optional outputs to write too, comma-separated: pose_video (the pose preview), scenes (kept clips in raw_data/)
     stage_configs: dict = field(default_factory=dict)   # {stage: config dataclass instance}
     limits = dict(frames=('png', 'none'), engine=('local', 'ray'), workers=(0, 4096), threads=(0, 4096), gpu_batch=(1, 4096))   # checked before any work
 
@@ -43,6 +44,14 @@ class RunConfig:
     def stage_list(self) -> list[str]:
         "The stage names of this run, in the order given (every declared stage when none is)."
         return [s.strip() for s in self.stages.split(',') if s.strip()] or [s.name for s in stage_order()]
+
+    @property
+    def kept(self) -> set[str]:
+        "The optional outputs this run writes (`keep`); the per-stage commands keep them all."
+        return {s.strip() for s in self.keep.split(',') if s.strip()}
+
+# %% ../nbs/11_pipeline.ipynb #d1d26b78
+KEEPABLE = ('pose_video', 'scenes')   # what `--keep` may name: outputs a whole run leaves out unless asked
 
 # %% ../nbs/11_pipeline.ipynb #932638cb
 def stage_config(run: RunConfig, stage: Stage):
@@ -129,6 +138,7 @@ def check(run: RunConfig, stages: list[Stage]):
     place(run)
     check_input(run, stages)
     for s in stages: check_settings(stage_config(run, s), s.name)
+    if bad := run.kept - set(KEEPABLE): raise TalkfaceError('--keep', f"unknown output(s) {', '.join(sorted(bad))}", f"known: {', '.join(KEEPABLE)}")
     for s in stages:
         if s.check: s.check(stage_config(run, s))
 

@@ -16,7 +16,7 @@ from .media import FrameWriter, frames, probe
 # %% auto #0
 __all__ = ['FIT_NOISE_MM', 'AXIS_COLORS', 'PREVIEW_ENCODE', 'matrix2angle', 'split_camera', 'camera_pose', 'rotation_from_angles',
            'fit_camera', 'fit_face', 'head_pose', 'draw_pose', 'frame_size', 'write_preview', 'PoseConfig', 'pose_clip',
-           'expect_pose']
+           'expect_pose', 'prepare_pose']
 
 # %% ../nbs/08_pose.ipynb #b808c0e7
 def matrix2angle(R) -> np.ndarray:
@@ -193,10 +193,17 @@ def expect_pose(clip: str, layout: Layout, cfg: PoseConfig) -> list[Path]:
     "What these settings write: the pose file, and the preview when `visualize`."
     return [layout.path('pose_data', clip, '.npy')] + ([layout.path('pose_vis', clip, '.mp4')] if cfg.visualize else [])
 
+# %% ../nbs/08_pose.ipynb #075a9c61
+def prepare_pose(cfg: PoseConfig, run) -> list[str]:
+    "Before a run: read what the landmarks read, and render the preview only when the run keeps it (`talkface run --keep pose_video`)."
+    use_video_source(cfg, run)
+    cfg.visualize = cfg.visualize and 'pose_video' in run.kept   # a whole run leaves the optional preview out; `talkface pose` keeps it
+    return []
+
 # %% ../nbs/08_pose.ipynb #33d2c85b
 register(Stage('pose', pose_clip, PoseConfig, {'pose_data': 'specified_formats/videos/pose_orientations/pose_data',
                                                'pose_vis': 'specified_formats/videos/pose_orientations/visualization'},
-               reads=('videos_25fps', 'frames'), takes='frames', after=('landmarks',), notebook='08_pose', prepare=use_video_source,
+               reads=('videos_25fps', 'frames'), takes='frames', after=('landmarks',), notebook='08_pose', prepare=prepare_pose,
                expects=expect_pose, help='head pose (yaw, pitch, roll in degrees) per frame',
                flags={'-v': 'input', '--video_frames_dir': 'input', '-d': 'pose_vis', '--visualization_dir': 'pose_vis',
                       '-p': 'pose_data', '--pose_data_dir': 'pose_data', '-f': 'fps', '--no_visualization': 'visualize=False',

@@ -16,7 +16,8 @@ from .media import (FrameWriter, color_tags, ffpath, frame_rate, frames, new_sca
 
 # %% auto #0
 __all__ = ['ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'split_command', 'audio_command', 'ScenePipe', 'StreamSplit',
-           'read_last', 'cut_strip', 'scene_name', 'record_path', 'recorded_outputs', 'scenes_clip', 'expect_scenes']
+           'read_last', 'cut_strip', 'scene_name', 'record_path', 'recorded_outputs', 'scene_times', 'scenes_clip',
+           'expect_scenes']
 
 # %% ../nbs/03_scenes.ipynb #ec6fc3d4
 @dataclass
@@ -344,6 +345,13 @@ def recorded_outputs(layout: Layout, name: str) -> list[str]:
     try: return json.loads(rec.read_text(encoding='utf-8')).get('outputs', []) if rec.exists() else []
     except ValueError: return []
 
+# %% ../nbs/03_scenes.ipynb #93619536
+def scene_times(cuts: Cuts) -> list[list[float]]:
+    "Each scene's [start, end) in seconds from the video's first frame: with its source, what makes the scene file again later."
+    t = [float(x) for x in cuts.times[:cuts.n_frames]]
+    t.append(t[-1] + 1 / (cuts.fps or 25) if t else 0.0)
+    return [[round(t[a], 4), round(t[min(b, len(t) - 1)], 4)] for a, b in cuts.ranges]
+
 # %% ../nbs/03_scenes.ipynb #764a0dbc
 def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: str|None = None):
     "Split the raw video `src` into `<name>-Scene-NNN.mp4` files in `layout`'s scenes folder."
@@ -367,7 +375,7 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
         dests = [layout.path('scenes', scene_name(name, 1), '.mp4')]
         how = link_or_copy(src, dests[0])
     figures = dict(n_scenes=len(ranges), cuts=cuts.cuts, cut_times=cuts.cut_times, n_frames=cuts.n_frames,
-                   fps=round(cuts.fps, 4), duration=round(info.duration, 4), how=how, scenes_without_audio=silent,
+                   fps=round(cuts.fps, 4), duration=round(info.duration, 4), scene_times=scene_times(cuts), how=how, scenes_without_audio=silent,
                    detect_s=round(t1 - t0, 3), split_s=round(time.perf_counter() - t1, 3))
     for o in set(recorded_outputs(layout, name)) - {d.name for d in dests}: (outdir / o).unlink(missing_ok=True)
     write_json(record_path(layout, name), dict(source=str(src), outputs=[d.name for d in dests], ranges=ranges, figures=figures))

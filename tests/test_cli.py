@@ -29,6 +29,8 @@ def test_usage_errors_exit_2(tmp_path):
     assert r.returncode == 2 and 'input folder does not exist' in r.stderr
     r = talkface('run', '--input', tmp_path, '--stages', 'crop,nothing')
     assert r.returncode == 2 and 'unknown stage(s): nothing' in r.stderr
+    r = talkface('run', '--input', tmp_path, '--keep', 'pose_video,thumbnails')
+    assert r.returncode == 2 and 'unknown output(s) thumbnails' in r.stderr
 
 def test_every_stage_command_has_its_settings_and_original_flags():
     for st in stage_order():

@@ -85,7 +85,7 @@ def test_good_clips_produce_full_outputs(corpus):
             n = len(list(lay.path('frames', k).glob('*.png')))
             assert n > 50 and (lay.path('frames', k) / '000001.png').exists()
             for kind, suf in (('videos_25fps', '.mp4'), ('audios_16k', '.wav'), ('landmarks', '.txt'), ('landmarks', '.npy'),
-                              ('pose_data', '.npy'), ('pose_vis', '.mp4'), ('mfcc', '.npy'), ('sync', '.json'), ('identity', '.json'),
+                              ('pose_data', '.npy'), ('mfcc', '.npy'), ('sync', '.json'), ('identity', '.json'),
                               ('identity', '.npy')):
                 assert is_complete(lay.path(kind, k, suf)), (k, kind)
             assert is_complete(lay.path('aus', k) / f'{k}.csv')

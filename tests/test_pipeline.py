@@ -19,9 +19,11 @@ def test_outputs_follow_the_original_layout(reference):
         assert lay.path('audios_16k', c, '.wav').exists()
         assert (lay.path('frames', c) / '000001.png').exists()
         assert lay.path('landmarks', c, '.txt').exists() and lay.path('landmarks', c, '.npy').exists()
-        assert lay.path('pose_data', c, '.npy').exists() and lay.path('pose_vis', c, '.mp4').exists()
+        assert lay.path('pose_data', c, '.npy').exists()
+        assert not lay.path('pose_vis', c, '.mp4').exists()       # the preview only with --keep pose_video
         assert (lay.path('aus', c) / f'{c}.csv').exists()
         assert lay.path('mfcc', c, '.npy').exists()
+    assert not list(lay.dir('raw').glob('*.mp4'))          # kept clips are read in place: raw_data/ only with --keep scenes
     assert not list(root.rglob('.*.tmp-*'))
 
 
@@ -103,3 +105,22 @@ def test_second_run_on_the_same_root_refuses(tmp_path):
         r = subprocess.run([str(BIN / 'talkface'), 'run', '--input', str(inp), '--output', str(tmp_path / 'out')],
                            capture_output=True, text=True)
     assert r.returncode == 1 and 'another talkface run is using this output folder' in r.stderr
+
+
+def test_keep_scenes_copies_kept_clips_and_resumes(tmp_path):
+    "Without --keep scenes a run reads kept clips in place; a rerun that keeps them copies them, from the stored scores."
+    from talkface.core import Manifest
+    from talkface.pipeline import RunConfig, run_pipeline
+    inp, out = make_inputs(tmp_path, 1), tmp_path / 'out'
+    run_pipeline(RunConfig(input=str(inp), output=str(out), stages='scenes,filter', workers=1)).close()
+    lay, m = Layout(out), Manifest(out)
+    kept = sorted(r['clip'] for r in m.rows() if r['stage'] == 'filter' and r['status'] == 'ok')
+    assert kept == ['sample0-Scene-001', 'sample0-Scene-002'] and not list(lay.dir('raw').glob('*.mp4'))
+    scenes = m.get('sample0', 'scenes').figures
+    assert scenes['scene_times'][0][0] == 0.0 and scenes['scene_times'][0][1] == scenes['cut_times'][0]   # source and range recorded
+    m.close()
+    run_pipeline(RunConfig(input=str(inp), output=str(out), stages='scenes,filter', workers=1, keep='scenes')).close()
+    assert sorted(p.stem for p in lay.dir('raw').glob('*.mp4')) == kept
+    m = Manifest(out)
+    assert all(m.get(c, 'filter').figures['scores_reused'] for c in kept)   # decided again without decoding
+    m.close()
