@@ -159,7 +159,8 @@ def test_a_worker_dying_mid_task_loses_only_its_own_clip(talk, crash_env, tmp_pa
     "A crash in a later stage, in a pool worker, while other clips are queued and running: only the culprit fails."
     inp = folder(tmp_path / 'in', {**{f'ok{i}.mp4': talk for i in range(4)}, 'y_CRASHLATE.mp4': talk})
     out = tmp_path / 'out'
-    r = talkface('run', '--input', inp, '--output', out, '--stages', 'scenes,filter,crop', '--workers', 2, env=crash_env)
+    r = talkface('run', '--input', inp, '--output', out, '--stages', 'scenes,filter,crop', '--workers', 2, '--keep', 'scenes',
+                 env=crash_env)                                                 # kept clips in raw_data/, where crop opens them
     assert r.returncode == 1, r.stderr[-3000:]
     got = rows(out)
     culprit = got[('y_CRASHLATE-Scene-001', 'crop')]
@@ -195,7 +196,7 @@ def test_outputs_never_share_the_inputs_inode_and_editing_them_leaves_the_input_
     src = inp / 'a.mp4'
     before = src.read_bytes()
     out = tmp_path / 'out'
-    r = talkface('run', '--input', inp, '--output', out, '--stages', FAST, '--frames', 'none', '--workers', 1)
+    r = talkface('run', '--input', inp, '--output', out, '--stages', FAST, '--frames', 'none', '--workers', 1, '--keep', 'scenes')
     assert r.returncode == 0, r.stderr[-2000:]
     ino = src.stat().st_ino
     assert not [p for p in out.rglob('*') if p.is_file() and p.stat().st_ino == ino]
@@ -550,7 +551,8 @@ def test_ctrl_c_stops_with_one_line_and_the_rerun_resumes(converted, tmp_path):
     out = tmp_path / 'out'
     cmd = [str(BIN / 'talkface'), 'run', '--input', str(converted['inp']), '--output', str(out), '--stages', FAST,
            '--workers', '1']                                                  # as the reference (x264's bytes depend on its threads)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as from a terminal: a job started with & inherits Ctrl-C ignored
     seen = set()
     try:
         deadline = time.time() + 120
