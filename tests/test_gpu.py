@@ -351,7 +351,8 @@ def test_batch_audio_notebook_with_device_cuda(tmp_path, wav):
     r = run_cli(['batch', 'audio', '--input', 'in', '--output', 'out', '-p', 'device', 'cuda', '-p', 'feature', 'hubert', '-p', 'model_path', str(hubert)], tmp_path)
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stderr.splitlines() if 'IPKernelApp' not in l]          # (the kernel's own note about its transport)
-    if not devices.gpu_count(): assert lines == ['--device cuda: no CUDA GPU is visible here; running on the CPU'], r.stderr
+    if not devices.gpu_count():   # one warning, no traceback (the kernel may add notes of its own at shutdown)
+        assert [l for l in lines if '--device' in l] == ['--device cuda: no CUDA GPU is visible here; running on the CPU'] and 'Traceback' not in r.stderr, r.stderr
     executed = tmp_path / 'out' / 'notebooks' / '10_audio.ipynb'
     assert executed.exists() and (tmp_path / 'out' / 'a.npy').exists()
     import json
