@@ -819,6 +819,7 @@ def set_model_path(cfg: AudioConfig, path: str):
 # %% ../nbs/10_audio.ipynb #7d52215f
 register(Stage('audio', audio_clip, AudioConfig, {n: f.folder for n, f in FEATURES.items()}, reads=('audios_16k',), takes='audio',
                after=('convert',), gpu=audio_on_gpu, batch=audio_clips, notebook='10_audio', prepare=prepare_audio, check=check_audio, expects=expect_audio,
+               volatile=('features', 'model_path', 'whisper_model_path', 'hf_model_path', 'phoneme_model_path'),   # which features (expects checks them), and weights only some of them read
                defaults={'features': ('hubert',)}, help='MFCC, speech segments, HuBERT, Whisper, HF encoders, ASR and phonemes',
                flags={'--audio_dir_path': 'input', '--audio_feature_saved_path': tuple(FEATURES), '--feature': 'features',
                       '--model_path': set_model_path}))

@@ -215,12 +215,13 @@ def stopped(cmd: str, e: BaseException, root='') -> int:
 # %% ../nbs/14_cli.ipynb #5a8b290a
 def stage_command(stage: Stage, argv: list) -> int:
     "`talkface <stage> ...`: the stage over the clips of a folder, with the original script's flags."
-    from talkface.pipeline import run_pipeline
+    from talkface.pipeline import SettingsChanged, run_pipeline
     try: run, layout, clips, verbose = stage_setup(stage, argv)
     except (TalkfaceError, OSError) as e: return refused(stage.name, e)
     setup_logging(layout.root, verbose)
     results = {}
     try: run_pipeline(run, {stage.name: stage}, layout=layout, inputs=clips, results=results).close()
+    except SettingsChanged as e: return refused(stage.name, e.with_fix('add --overwrite to redo every clip'))
     except (TalkfaceError, OSError, sqlite3.Error) as e: return stopped(stage.name, e, layout.root)
     print(summary(stage.name, results, layout.root))
     return exit_code(results)
@@ -265,7 +266,7 @@ def config_from_args(args, stage_flags: dict) -> RunConfig:
 # %% ../nbs/14_cli.ipynb #a1f4bd3f
 def run_command(argv: list) -> int:
     "`talkface run`: the whole pipeline over a folder of raw videos, resumable."
-    from talkface.pipeline import check, check_writable, plan, run_pipeline
+    from talkface.pipeline import SettingsChanged, check, check_writable, plan, run_pipeline
     from talkface.status import status_text
     p, flags = run_parser()
     a = p.parse_args(argv)
@@ -280,6 +281,7 @@ def run_command(argv: list) -> int:
     try:
         setup_logging(check_writable(run.output), a.verbose)
         run_pipeline(run, results=results).close()
+    except SettingsChanged as e: return refused('run', e)     # rows made otherwise: choose (--redo STAGE), exit 2 like any usage error
     except (TalkfaceError, OSError, sqlite3.Error) as e: return stopped('run', e, run.output)
     print(status_text(run.output))
     print(f'\n{time.time() - t0:.1f} s. outputs: {Path(run.output).resolve()}  (manifest: manifest.sqlite, log: talkface.log)')

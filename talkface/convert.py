@@ -226,6 +226,7 @@ register(Stage('convert', convert_clip, ConvertConfig,
                {'videos_25fps': 'specified_formats/videos/videos_25fps', 'audios_16k': 'specified_formats/audios/audios_16k',
                 'frames': 'specified_formats/videos/video_frames'},
                reads=('cropped', 'raw'), after=('crop',), notebook='06_convert', prepare=prepare_convert, expects=expect_convert,
+               volatile=('convert_video', 'convert_audio', 'extract_frames'),
                flags={'--source_folder': 'input', '--video_target_folder': 'videos_25fps', '--audio_target_folder': 'audios_16k',
                       '--frames_target_folder': 'frames', '--crop_boxes': 'cropped'},
                help='25 fps video, 16 kHz mono wav and numbered PNG frames'))

@@ -12,13 +12,14 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['DISK_FULL', 'STATUSES', 'log', 'VIDEO_EXTS', 'AUDIO_EXTS', 'IMAGE_EXTS', 'ID_BYTES', 'TAKES', 'FOLDERS', 'TMP_TAG',
-           'FICLONE', 'COLUMNS', 'FPS', 'SR', 'STAGES', 'X264_PRESETS', 'shown', 'TalkfaceError', 'BadInput',
-           'MissingWeights', 'Skip', 'OutOfSpace', 'StageResult', 'ok', 'skipped', 'failed', 'run_stage', 'clip_id',
-           'discover', 'Layout', 'tmp_name', 'atomic_path', 'write_bytes', 'write_text', 'write_json', 'save_npy',
-           'clean_tmp', 'link_or_copy', 'is_complete', 'size_of', 'is_done', 'Manifest', 'replay', 'previous',
-           'progress', 'run_each', 'setup_logging', 'package_dir', 'weights_dir', 'require_weights', 'wheel_file',
-           'feats_per_frame', 'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'Stage', 'register',
-           'load_stages', 'stage_order', 'type_ok', 'check_settings']
+           'FICLONE', 'COLUMNS', 'VOLATILE', 'FPS', 'SR', 'STAGES', 'X264_PRESETS', 'shown', 'TalkfaceError',
+           'BadInput', 'MissingWeights', 'Skip', 'OutOfSpace', 'StageResult', 'ok', 'skipped', 'failed', 'run_stage',
+           'clip_id', 'discover', 'Layout', 'tmp_name', 'atomic_path', 'write_bytes', 'write_text', 'write_json',
+           'save_npy', 'clean_tmp', 'link_or_copy', 'is_complete', 'size_of', 'is_done', 'Manifest', 'replay',
+           'shaping', 'fingerprint', 'input_changed', 'previous', 'progress', 'run_each', 'setup_logging',
+           'package_dir', 'weights_dir', 'require_weights', 'wheel_file', 'feats_per_frame', 'n_video_frames',
+           'fit_length', 'frame_window', 'check_alignment', 'Stage', 'register', 'load_stages', 'stage_order',
+           'type_ok', 'check_settings']
 
 # %% ../nbs/00_core.ipynb #f67a4892
 os.environ.setdefault('ORT_DISABLE_TELEMETRY', '1')
@@ -358,16 +359,17 @@ def is_done(row: StageResult|None, expected=()) -> bool:
             and all(size_of(o) == s for o, s in row.sizes.items()))
 
 # %% ../nbs/00_core.ipynb #e5bd486c
-COLUMNS = ('clip', 'stage', 'status', 'reason', 'seconds', 'figures', 'outputs', 'source', 'updated', 'sizes')
+COLUMNS = ('clip', 'stage', 'status', 'reason', 'seconds', 'figures', 'outputs', 'source', 'updated', 'sizes', 'settings', 'input')
 _SCHEMA = """CREATE TABLE IF NOT EXISTS results (
   clip TEXT NOT NULL, stage TEXT NOT NULL, status TEXT NOT NULL, reason TEXT, seconds REAL,
-  figures TEXT, outputs TEXT, source TEXT, updated REAL, sizes TEXT, PRIMARY KEY (clip, stage))"""
+  figures TEXT, outputs TEXT, source TEXT, updated REAL, sizes TEXT, settings TEXT, input TEXT, PRIMARY KEY (clip, stage))"""
 
 class Manifest:
     "One row per clip × stage in `<root>/manifest.sqlite`, each also appended to `manifest.journal`; `readonly` writes nothing."
     def __init__(self, root, readonly: bool = False):
         self.root, self.readonly = Path(os.path.abspath(root)), readonly
         self.path, self.journal = Path(root) / 'manifest.sqlite', Path(root) / 'manifest.journal'
+        self.stamps, self.inputs = {}, {}   # what made the rows a run records: {stage: settings}, {(clip, stage): input fingerprint}
         try: self.db = self._open()
         except sqlite3.DatabaseError as e: self.db = self._rebuild(e)
     def close(self): self.db.close()
@@ -387,8 +389,9 @@ def _open(self: Manifest) -> sqlite3.Connection:
         if not self.readonly:
             db.execute('PRAGMA journal_mode=WAL')
             db.execute(_SCHEMA)
-            if 'sizes' not in {r[1] for r in db.execute('PRAGMA table_info(results)')}:   # a manifest from before sizes
-                db.execute('ALTER TABLE results ADD COLUMN sizes TEXT')
+            have = {r[1] for r in db.execute('PRAGMA table_info(results)')}
+            for c in [c for c in ('sizes', 'settings', 'input') if c not in have]:   # a manifest from before these columns
+                db.execute(f'ALTER TABLE results ADD COLUMN {c} TEXT')
     except sqlite3.Error:
         db.close()
         raise
@@ -396,7 +399,7 @@ def _open(self: Manifest) -> sqlite3.Connection:
 
 # %% ../nbs/00_core.ipynb #b237a1cb
 def replay(journal, db) -> int:
-    "Insert the rows of a manifest journal (JSON lines; a line torn by a crash is skipped) into `db`; how many."
+    "Insert the rows of a manifest journal (JSON lines; a line torn by a crash is skipped) into `db`, and drop those it forgot; how many lines."
     if not Path(journal).exists(): return 0
     n = 0
     db.execute('BEGIN')
@@ -404,7 +407,8 @@ def replay(journal, db) -> int:
         for line in f:
             try: row = json.loads(line)
             except ValueError: continue
-            db.execute(f"INSERT OR REPLACE INTO results VALUES ({','.join('?' * len(COLUMNS))})", [row.get(c) for c in COLUMNS])
+            if row.get('forget'): db.execute('DELETE FROM results WHERE clip=? AND stage=?', (row.get('clip'), row.get('stage')))
+            else: db.execute(f"INSERT OR REPLACE INTO results VALUES ({','.join('?' * len(COLUMNS))})", [row.get(c) for c in COLUMNS])
             n += 1
     db.execute('COMMIT')
     return n
@@ -441,11 +445,13 @@ def _outputs(self: Manifest, text) -> list[str]:
 # %% ../nbs/00_core.ipynb #cd015b7e
 @patch
 def record(self: Manifest, clip: str, stage: str, res: StageResult, source=''):
-    "Insert or replace the row for (clip, stage), with what its outputs measure now; append it to the journal first."
+    "Insert or replace the row for (clip, stage), with what its outputs measure now and what made it (`stamps`, `inputs`); append it to the journal first."
     row = dict(clip=shown(clip), stage=stage, status=res.status, reason=shown(res.reason), seconds=res.seconds,
                figures=json.dumps(res.figures, default=_jsonable), outputs=json.dumps([self._stored(o) for o in res.outputs]),
                source=shown(source), updated=time.time(),
-               sizes=json.dumps({self._stored(o): size_of(o) for o in res.outputs} if res.ok else {}))
+               sizes=json.dumps({self._stored(o): size_of(o) for o in res.outputs} if res.ok else {}),
+               settings=json.dumps(self.stamps[stage]) if stage in self.stamps else None,
+               input=json.dumps(self.inputs[clip, stage]) if (clip, stage) in self.inputs else None)
     with open(self.journal, 'a', encoding='utf-8') as f: f.write(json.dumps(row, ensure_ascii=False) + '\n')
     self.db.execute(f"INSERT OR REPLACE INTO results ({','.join(row)}) VALUES ({','.join('?' * len(row))})", list(row.values()))
 
@@ -496,6 +502,63 @@ def export(self: Manifest, dest) -> Path:
         if dest.suffix == '.parquet': d.to_parquet(tmp, index=False)
         else: d.to_csv(tmp, index=False)
     return dest
+
+# %% ../nbs/00_core.ipynb #15842c63
+VOLATILE = ('device', 'computed_device', 'overwrite', 'rescore', 'threads', 'workers', 'source', 'batch_size', 'batch_seconds')   # settings that never shape outputs
+
+def shaping(cfg, volatile=()) -> dict:
+    "The settings of `cfg` (a dataclass) that shape a stage's outputs, as JSON values: every field but the `VOLATILE` ones and `volatile`."
+    skip = {*VOLATILE, *volatile}
+    return {f.name: json.loads(json.dumps(getattr(cfg, f.name), default=_jsonable)) for f in dataclasses.fields(cfg) if f.name not in skip}
+
+# %% ../nbs/00_core.ipynb #21c48e29
+def fingerprint(path) -> dict|None:
+    "What an input file is: `{size, mtime_ns, hash}`, blake2b over its bytes (over 4 MiB: the first and last MiB and 8 × 64 KiB between); a folder's over its listing; None when unreadable."
+    p, h = Path(path), hashlib.blake2b(digest_size=16)
+    try:
+        st = p.stat()
+        if p.is_dir():
+            h.update(json.dumps(sorted(os.listdir(p))).encode())
+            return dict(size=size_of(p), mtime_ns=st.st_mtime_ns, hash=h.hexdigest())
+        n, mb = st.st_size, 1 << 20
+        spots = [(0, n)] if n < 4 * mb else [(0, mb), *[(mb + (n - 2 * mb - 65536) * k // 7, 65536) for k in range(8)], (n - mb, mb)]
+        with open(p, 'rb') as f:
+            for at, k in spots:
+                f.seek(at)
+                h.update(f.read(k))
+        return dict(size=n, mtime_ns=st.st_mtime_ns, hash=h.hexdigest())
+    except OSError: return None
+
+# %% ../nbs/00_core.ipynb #86318ca7
+def input_changed(old: dict|None, new: dict|None) -> bool:
+    "Whether an input's bytes changed since `old` was taken (its size or hash): a touched or copied file (new mtime) is the same input."
+    return bool(old and new) and (old.get('size'), old.get('hash')) != (new.get('size'), new.get('hash'))
+
+# %% ../nbs/00_core.ipynb #8d9452ce
+@patch
+def made_with(self: Manifest, stage: str) -> dict[str, dict]:
+    "`{clip: settings}` of `stage`'s ok and skipped rows (rows from before settings were recorded have none)."
+    q = "SELECT clip, settings FROM results WHERE stage=? AND status IN ('ok', 'skipped') AND settings IS NOT NULL"
+    return {c: json.loads(s) for c, s in self.db.execute(q, (stage,))}
+
+@patch
+def input_of(self: Manifest, clip: str, stage: str) -> dict|None:
+    "The fingerprint of the input file (clip, stage)'s row was made from, when it recorded one."
+    r = self.db.execute('SELECT input FROM results WHERE clip=? AND stage=?', (shown(clip), stage)).fetchone()
+    return json.loads(r[0]) if r and r[0] else None
+
+# %% ../nbs/00_core.ipynb #75ff3964
+@patch
+def forget(self: Manifest, clip: str, stage: str):
+    "Remove the row of (clip, stage): a clip that no longer exists (its input changed, its split makes fewer scenes); journaled like a record."
+    with open(self.journal, 'a', encoding='utf-8') as f: f.write(json.dumps(dict(clip=shown(clip), stage=stage, forget=True), ensure_ascii=False) + '\n')
+    self.db.execute('DELETE FROM results WHERE clip=? AND stage=?', (shown(clip), stage))
+
+@patch
+def outputs_of(self: Manifest, clip: str|None = None, stage: str|None = None) -> list[tuple[str, str, list[str]]]:
+    "(clip, stage, outputs) of the rows of `clip` (or of `stage`): what forgetting them would leave stale on disk."
+    q, a = ('clip=?', shown(clip)) if clip is not None else ('stage=?', stage)
+    return [(c, s, self._outputs(o)) for c, s, o in self.db.execute(f'SELECT clip, stage, outputs FROM results WHERE {q}', (a,))]
 
 # %% ../nbs/00_core.ipynb #dfc39c11
 def previous(layout: Layout, clip: str, stage: str) -> StageResult|None:
@@ -640,6 +703,7 @@ class Stage:
     expects: Callable|None = None  # expects(clip, layout, cfg) -> the outputs these settings write (the done rule checks them)
     finish: Callable|None = None   # finish(layout, cfg): once after the run's clips went through it (work across clips: speakers)
     help: str = ''                 # one line for `talkface --help`
+    volatile: tuple = ()           # its settings that don't shape its outputs (which outputs, set by `prepare`): not recorded, never a changed setting
 
 # %% ../nbs/00_core.ipynb #929cc9cf
 STAGES: dict[str, Stage] = {}

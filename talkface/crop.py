@@ -242,4 +242,4 @@ def expect_crop(clip: str, layout: Layout, cfg: CropConfig) -> list[Path]:
 # %% ../nbs/05_crop.ipynb #46a86832
 register(Stage('crop', crop_clip, CropConfig, {'cropped': 'cropped_faces'}, reads=('raw',), after=('filter',),
                flags={'--from_dir_prefix': 'raw', '--output_dir_prefix': 'cropped', '--no_encode': 'encode=False', '--debug': 'verbose'},
-               notebook='05_crop', prepare=prepare_crop, expects=expect_crop, help='crop one fixed square around the face per clip'))
+               notebook='05_crop', prepare=prepare_crop, expects=expect_crop, volatile=('encode',), help='crop one fixed square around the face per clip'))

@@ -200,5 +200,5 @@ def expect_filter(clip: str, layout: Layout, cfg: FilterConfig) -> list[Path]:
 # %% ../nbs/04_filters.ipynb #1a9efebc
 register(Stage('filter', filter_clip, FilterConfig, {'raw': 'raw_data'}, reads=('scenes',), after=('scenes',),
                flags={'--before_filtering_dir': 'scenes', '--after_filtering_dir': 'raw'}, notebook='04_filters',
-               prepare=prepare_filter, expects=expect_filter,
+               prepare=prepare_filter, expects=expect_filter, volatile=('copy_kept',),
                help='score clips (duration, size, blur, hands, speech, faces) and keep or drop them'))

@@ -17,7 +17,8 @@ from .engines import LocalEngine, RayEngine, Task, wants_gpu
 
 # %% auto #0
 __all__ = ['KEEPABLE', 'RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare', 'check_input',
-           'check', 'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size', 'place_inputs', 'Driver',
+           'redo_names', 'check', 'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size', 'place_inputs',
+           'Driver', 'redo_stages', 'said', 'SettingsChanged', 'changed_setting', 'later_stages', 'discard', 'settle',
            'spawnable', 'make_engine', 'run_pipeline']
 
 # %% ../nbs/11_pipeline.ipynb #fcf35c9d
@@ -33,7 +34,8 @@ class RunConfig:
     threads: int = 0                 # threads per worker for decoders, encoders, OpenCV, torch (0: the cores shared out)
     device: str = 'auto'             # where models run: auto, cpu, cuda (every GPU, a worker each) or cuda:N; cuda! stops when there is no GPU, cuda falls back to the CPU
     retry_failed: bool = False       # run failed clips again
-    overwrite: bool = False          # redo every clip, done or not
+    overwrite: bool = False          # redo every selected stage for every clip, done or not
+    redo: str = ''                   # stages to redo for every clip, and the stages after them, comma-separated: how a changed setting is taken
     ray_address: str = ''            # Ray cluster address (default: a local Ray)
     gpu_batch: int = 8               # clips a GPU worker takes at once (GPU stages)
     keep: str = ''                   # optional outputs to write too, comma-separated: pose_video (the pose preview), scenes (kept clips in raw_data/)
@@ -131,6 +133,14 @@ def check_input(run: RunConfig, stages: list[Stage]):
         raise TalkfaceError(run.input, f'is inside the output root {root}: these are talkface\'s own clips',
                             f'give the folder of the original videos, or start later (--stages {stages[1].name if len(stages) > 1 else "filter"},...) to reuse them')
 
+# %% ../nbs/11_pipeline.ipynb #b6dde50d
+def redo_names(run: RunConfig, stages: list[Stage]) -> list[str]:
+    "The stages `--redo` names; a `TalkfaceError` for a name that is not a stage of this run."
+    names, here = [n.strip() for n in run.redo.split(',') if n.strip()], [s.name for s in stages]
+    if bad := [n for n in names if n not in here]:
+        raise TalkfaceError('--redo', f"{', '.join(bad)}: not a stage of this run", f"this run's stages: {', '.join(here)}")
+    return names
+
 # %% ../nbs/11_pipeline.ipynb #da762781
 def check(run: RunConfig, stages: list[Stage]):
     "The run's and its stages' settings against their types and limits, the device, then each stage's `check`: raises before any clip runs when they cannot work."
@@ -139,6 +149,7 @@ def check(run: RunConfig, stages: list[Stage]):
     check_input(run, stages)
     for s in stages: check_settings(stage_config(run, s), s.name)
     if bad := run.kept - set(KEEPABLE): raise TalkfaceError('--keep', f"unknown output(s) {', '.join(sorted(bad))}", f"known: {', '.join(KEEPABLE)}")
+    redo_names(run, stages)
     for s in stages:
         if s.check: s.check(stage_config(run, s))
 
@@ -217,13 +228,15 @@ class Driver:
         self.status = defaultdict(dict)    # clip -> {stage: status}
         self.results = {}                  # (clip, stage) -> (StageResult, run now?)
         self.halt = []                     # set when a write found no room: submit nothing more
+        self.redo = redo_stages(run, stages, after)   # stages redone for every clip (--redo, --overwrite)
+        self.renew = set()                 # clips whose input file changed: every stage redone
 
 # %% ../nbs/11_pipeline.ipynb #b1129cea
 @patch
 def due(self: Driver, stage: Stage, clip: str, prev: StageResult|None) -> bool:
     "Whether (clip, stage) must run: not done by the one rule, and not a decision that stands."
     r = self.run
-    if r.overwrite or prev is None: return True
+    if r.overwrite or prev is None or stage.name in self.redo or clip in self.renew: return True
     if prev.status == 'skipped' or (prev.status == 'failed' and not r.retry_failed and not prev.figures.get('out_of_space')): return False
     cfg = r.stage_configs.get(stage.name) or stage.config()
     expected = stage.expects(clip, self.layout, cfg) if stage.expects and not stage.fanout else ()
@@ -236,6 +249,7 @@ def submit(self: Driver, stage: Stage, clip: str, source: str, prio: float):
     if not all(self.status[clip].get(a) == 'ok' for a in self.after[stage.name]): return
     self.status[clip][stage.name] = 'running'
     prev = self.manifest.get(clip, stage.name)
+    if not self.after[stage.name]: self.note_input(stage, clip, source, prev)
     if self.due(stage, clip, prev): self.engine.submit(Task(stage.name, clip, str(source), prio), self.layout, self.run, stage)
     else: self.advance(stage, clip, source, prio, prev, fresh=False)
 
@@ -245,6 +259,7 @@ def advance(self: Driver, stage: Stage, clip: str, source: str, prio: float, res
     "Record `res` (when `fresh`) and submit the stages that waited for it."
     self.status[clip][stage.name] = res.status
     self.results[clip, stage.name] = (res, fresh)
+    if fresh: self.clear_stale(stage, clip, res)
     if fresh: self.manifest.record(clip, stage.name, res, source=source)
     if res.status != 'ok': return
     targets = [(clip_id(o), str(o)) for o in res.outputs] if stage.fanout else [(clip, source)]
@@ -270,6 +285,105 @@ def drain(self: Driver):
     finally:
         bar.close()
         self.engine.close()
+
+# %% ../nbs/11_pipeline.ipynb #eaf9c634
+import shutil
+from .core import fingerprint, input_changed, shaping, shown
+
+# %% ../nbs/11_pipeline.ipynb #8fe64ff0
+def redo_stages(run: RunConfig, stages: list[Stage], after: dict) -> set[str]:
+    "The stages this run redoes for every clip: those `--redo` names and every selected stage after them; all with `--overwrite`."
+    if run.overwrite: return {s.name for s in stages}
+    out = set(redo_names(run, stages))
+    while more := {s.name for s in stages if after[s.name] & out} - out: out |= more
+    return out
+
+# %% ../nbs/11_pipeline.ipynb #37a57808
+def said(v) -> str:
+    "A setting's value as a person types it: a list comma-separated."
+    return ','.join(map(str, v)) if isinstance(v, list) else str(v)
+
+class SettingsChanged(TalkfaceError):
+    "Rows made with other settings than this run's: stop before any work, naming the first setting that differs and how to go on."
+    def __init__(self, stage: str, name: str, now, was, n: int, others: int = 0, fix: str = ''):
+        self.stage, self.name, self.now, self.was, self.n, self.others = stage, name, now, was, n, others
+        more = f' (and {others} other setting{"s differ" if others > 1 else " differs"})' if others else ''
+        super().__init__(f'{stage}.{name}', f'is {said(now)} but {n} clip(s) were made with {said(was)}{more}',
+                         f"{fix or f'add --redo {stage} to redo {stage} and the stages after it for every clip'}, or set it back to {said(was)}")
+    def with_fix(self, fix: str): return SettingsChanged(self.stage, self.name, self.now, self.was, self.n, self.others, fix)
+
+# %% ../nbs/11_pipeline.ipynb #203bc61b
+def changed_setting(stage: str, now: dict, made: dict) -> SettingsChanged|None:
+    "The first setting of `now` (in field order) that rows of `made` (`{clip: settings}`) had otherwise; None when every row agrees."
+    diff = {k: [s[k] for s in made.values() if k in s and s[k] != v] for k, v in now.items()}
+    diff = {k: olds for k, olds in diff.items() if olds}     # a setting a row does not know (added since) is no difference
+    if not diff: return None
+    k, olds = next(iter(diff.items()))
+    return SettingsChanged(stage, k, now[k], max(olds, key=olds.count), len(olds), len(diff) - 1)
+
+# %% ../nbs/11_pipeline.ipynb #aa7db7b6
+def later_stages(names: set, stages: list[Stage]) -> set[str]:
+    "The stages (registered or of this run) that run after one of `names`, directly or not."
+    if not names: return set()                    # (without loading every stage's module)
+    graph = {**{n: s.after for n, s in load_stages().items()}, **{s.name: s.after for s in stages}}
+    out = set()
+    while more := {n for n, a in graph.items() if set(a) & (names | out)} - out: out |= more
+    return out
+
+# %% ../nbs/11_pipeline.ipynb #7a60731a
+def discard(manifest: Manifest, rows: list[tuple]):
+    "Forget `rows` ((clip, stage, outputs) of a manifest) and remove the outputs they list inside the root: work made from something that changed."
+    for clip, stage, outputs in rows:
+        for o in [Path(o) for o in outputs if Path(o).is_relative_to(manifest.root)]:
+            if o.is_dir(): shutil.rmtree(o, ignore_errors=True)
+            else: o.unlink(missing_ok=True)
+        manifest.forget(clip, stage)
+
+# %% ../nbs/11_pipeline.ipynb #292cc830
+def settle(run: RunConfig, stages: list[Stage], after: dict, manifest: Manifest):
+    "Stamp the rows this run records with its stages' settings; raise `SettingsChanged` where a stage it does not redo has rows made otherwise; forget the rows `--redo` makes stale that this run does not redo."
+    redo = redo_stages(run, stages, after)
+    for s in stages:
+        manifest.stamps[s.name] = shaping(stage_config(run, s), s.volatile)
+        if s.name not in redo and (e := changed_setting(s.name, manifest.stamps[s.name], manifest.made_with(s.name))): raise e
+    stale = [r for n in later_stages(set(redo_names(run, stages)), stages) - {s.name for s in stages} for r in manifest.outputs_of(stage=n)]
+    if stale: log.warning('forgetting %d rows of stages after --redo %s that this run does not run: a run with them makes them again', len(stale), run.redo)
+    discard(manifest, stale)
+
+# %% ../nbs/11_pipeline.ipynb #9763601c
+@patch
+def note_input(self: Driver, stage: Stage, clip: str, source: str, prev: StageResult|None):
+    "At a first stage: the input's fingerprint goes in its row; a file whose bytes changed since has its clips forgotten and redone."
+    now = self.manifest.inputs[clip, stage.name] = fingerprint(source)
+    if prev is None or not input_changed(self.manifest.input_of(clip, stage.name), now): return
+    log.warning('%s changed since its clips were made: redoing them', shown(source))
+    self.renew.add(clip)
+    self.forget({clip_id(o) for o in prev.outputs} if stage.fanout else {clip})   # everything made from the old file
+    dest = self.layout.path(stage.reads[0], clip, Path(source).suffix.lower()) if stage.reads and not stage.fanout else None
+    if dest is not None and Path(source).is_file() and dest.exists() and not dest.samefile(source): link_or_copy(source, dest)   # the copy a later first stage reads
+
+# %% ../nbs/11_pipeline.ipynb #c90746b6
+@patch
+def forget(self: Driver, clips: set):
+    "Forget every row of `clips` and remove their outputs: clips made from a file that changed, or that a new split no longer makes."
+    discard(self.manifest, [r for c in clips for r in self.manifest.outputs_of(c)])
+
+# %% ../nbs/11_pipeline.ipynb #8a2e1006
+@patch
+def drop_orphans(self: Driver, stage: Stage, clip: str, res: StageResult):
+    "Before a fan-out stage's new result is recorded: the clips its last result made and this one does not (fewer scenes now, or none) are forgotten."
+    prev = self.manifest.get(clip, stage.name)
+    if gone := {clip_id(o) for o in (prev.outputs if prev else [])} - {clip_id(o) for o in (res.outputs if res.ok else [])}: self.forget(gone)
+
+# %% ../nbs/11_pipeline.ipynb #7e11df5c
+@patch
+def clear_stale(self: Driver, stage: Stage, clip: str, res: StageResult):
+    "Before a fresh result is recorded, forget what it makes stale: the scenes a new split no longer makes, and where a redone stage no longer passes the clip on, the stages after it."
+    if res.figures.get('out_of_space'): return                     # not the clip's doing: the rest stays for the rerun
+    if stage.fanout and (res.ok or stage.name in self.redo): self.drop_orphans(stage, clip, res)
+    elif not stage.fanout and not res.ok and stage.name in self.redo:
+        later = later_stages({stage.name}, self.stages)
+        discard(self.manifest, [r for r in self.manifest.outputs_of(clip) if r[1] in later])
 
 # %% ../nbs/11_pipeline.ipynb #acacc994
 def spawnable(run: RunConfig, stages) -> bool:
@@ -298,6 +412,7 @@ def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout
         if layout is None:                    # a whole run (not a stage command writing into the user's folders): what made these outputs
             write_json(root / 'run.json', dict(talkface=__version__, ffmpeg=ff, stages=[s.name for s in stages]))
         layout, manifest = layout or Layout(root), Manifest(root)
+        settle(run, stages, after, manifest)  # rows made with other settings: stop before any work
         roots = [s for s in stages if not after[s.name]]
         inputs = place_inputs(run, roots, layout) if inputs is None else inputs
         d = Driver(stages, after, layout, manifest, engine or make_engine(run, stages), run)

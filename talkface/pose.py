@@ -204,7 +204,7 @@ def prepare_pose(cfg: PoseConfig, run) -> list[str]:
 register(Stage('pose', pose_clip, PoseConfig, {'pose_data': 'specified_formats/videos/pose_orientations/pose_data',
                                                'pose_vis': 'specified_formats/videos/pose_orientations/visualization'},
                reads=('videos_25fps', 'frames'), takes='frames', after=('landmarks',), notebook='08_pose', prepare=prepare_pose,
-               expects=expect_pose, help='head pose (yaw, pitch, roll in degrees) per frame',
+               expects=expect_pose, volatile=('visualize',), help='head pose (yaw, pitch, roll in degrees) per frame',
                flags={'-v': 'input', '--video_frames_dir': 'input', '-d': 'pose_vis', '--visualization_dir': 'pose_vis',
                       '-p': 'pose_data', '--pose_data_dir': 'pose_data', '-f': 'fps', '--no_visualization': 'visualize=False',
                       '--from_videos': ('input', 'source=video'), '--landmarks_dir': 'landmarks', '--root': 'manifest_root'}))

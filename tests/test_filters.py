@@ -76,7 +76,7 @@ def test_kept_clips_are_copied_and_new_thresholds_reuse_stored_scores(scenes, tm
     assert not any((out / s.name).samefile(s) for s in scenes)             # copies, never the input's own inode
     assert all((out / s.name).read_bytes() == s.read_bytes() for s in scenes)
     monkeypatch.setattr(F, 'measure', lambda *a, **k: (_ for _ in ()).throw(AssertionError('scores recomputed')))
-    assert talkface(args[:-4] + ['--min_duration', '4']) == 0                 # done clips stay done: nothing to decide
+    assert talkface(args[:-4] + ['--min_duration', '4']) == 2                 # the done clips were decided with 2 s: a changed threshold stops
     assert len(list(out.glob('*.mp4'))) == 2
     assert talkface(args[:-4] + ['--min_duration', '4', '--overwrite']) == 0  # 3 s scene 2 is now too short
     assert [p.name for p in out.glob('*.mp4')] == [scenes[0].name]
