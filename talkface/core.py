@@ -513,19 +513,19 @@ def shaping(cfg, volatile=()) -> dict:
 
 # %% ../nbs/00_core.ipynb #21c48e29
 def fingerprint(path) -> dict|None:
-    "What an input file is: `{size, mtime_ns, hash}`, blake2b over its bytes (over 4 MiB: the first and last MiB and 8 × 64 KiB between); a folder's over its listing; None when unreadable."
+    "What an input file is: `{size, mtime_ns, hash}`, blake2b over its bytes (over 1 MiB: the first and last 256 KiB and 8 × 64 KiB between); a folder's over its listing; None when unreadable."
     p, h = Path(path), hashlib.blake2b(digest_size=16)
     try:
         st = p.stat()
         if p.is_dir():
             h.update(json.dumps(sorted(os.listdir(p))).encode())
             return dict(size=size_of(p), mtime_ns=st.st_mtime_ns, hash=h.hexdigest())
-        n, mb = st.st_size, 1 << 20
-        spots = [(0, n)] if n < 4 * mb else [(0, mb), *[(mb + (n - 2 * mb - 65536) * k // 7, 65536) for k in range(8)], (n - mb, mb)]
+        n, q, k64 = st.st_size, 1 << 18, 1 << 16                # 1 MiB read per input and run, whatever its size
+        spots = [(0, n)] if n < 4 * q else [(0, q), *[(q + (n - 2 * q - k64) * i // 7, k64) for i in range(8)], (n - q, q)]
         with open(p, 'rb') as f:
-            for at, k in spots:
+            for at, size in spots:
                 f.seek(at)
-                h.update(f.read(k))
+                h.update(f.read(size))
         return dict(size=n, mtime_ns=st.st_mtime_ns, hash=h.hexdigest())
     except OSError: return None
 
@@ -536,10 +536,10 @@ def input_changed(old: dict|None, new: dict|None) -> bool:
 
 # %% ../nbs/00_core.ipynb #8d9452ce
 @patch
-def made_with(self: Manifest, stage: str) -> dict[str, dict]:
-    "`{clip: settings}` of `stage`'s ok and skipped rows (rows from before settings were recorded have none)."
-    q = "SELECT clip, settings FROM results WHERE stage=? AND status IN ('ok', 'skipped') AND settings IS NOT NULL"
-    return {c: json.loads(s) for c, s in self.db.execute(q, (stage,))}
+def made_with(self: Manifest, stage: str) -> list[tuple[dict, int]]:
+    "(settings, how many rows) of `stage`'s ok and skipped rows, one pair per distinct settings (rows from before settings were recorded have none)."
+    q = "SELECT settings, COUNT(*) FROM results WHERE stage=? AND status IN ('ok', 'skipped') AND settings IS NOT NULL GROUP BY settings"
+    return [(json.loads(s), n) for s, n in self.db.execute(q, (stage,))]
 
 @patch
 def input_of(self: Manifest, clip: str, stage: str) -> dict|None:

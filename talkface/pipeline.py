@@ -313,13 +313,13 @@ class SettingsChanged(TalkfaceError):
     def with_fix(self, fix: str): return SettingsChanged(self.stage, self.name, self.now, self.was, self.n, self.others, fix)
 
 # %% ../nbs/11_pipeline.ipynb #203bc61b
-def changed_setting(stage: str, now: dict, made: dict) -> SettingsChanged|None:
-    "The first setting of `now` (in field order) that rows of `made` (`{clip: settings}`) had otherwise; None when every row agrees."
-    diff = {k: [s[k] for s in made.values() if k in s and s[k] != v] for k, v in now.items()}
+def changed_setting(stage: str, now: dict, made: list) -> SettingsChanged|None:
+    "The first setting of `now` (in field order) that rows of `made` ((settings, rows) pairs) had otherwise; None when every row agrees."
+    diff = {k: [(s[k], n) for s, n in made if k in s and s[k] != v] for k, v in now.items()}
     diff = {k: olds for k, olds in diff.items() if olds}     # a setting a row does not know (added since) is no difference
     if not diff: return None
     k, olds = next(iter(diff.items()))
-    return SettingsChanged(stage, k, now[k], max(olds, key=olds.count), len(olds), len(diff) - 1)
+    return SettingsChanged(stage, k, now[k], max(olds, key=lambda o: o[1])[0], sum(n for _, n in olds), len(diff) - 1)
 
 # %% ../nbs/11_pipeline.ipynb #aa7db7b6
 def later_stages(names: set, stages: list[Stage]) -> set[str]:
