@@ -65,6 +65,7 @@ class StageResult:
     outputs: list = field(default_factory=list)
     seconds: float = 0.0
     sizes: dict = field(default_factory=dict)   # a manifest row's: what its outputs measured when recorded (see `size_of`)
+    children: dict = field(default_factory=dict)   # a fused task's rows for later stages, {(clip, stage): StageResult} (not stored in its own row)
     def __post_init__(self): assert self.status in STATUSES, self.status
     @property
     def ok(self): return self.status == 'ok'
