@@ -15,7 +15,7 @@ from .media import PPM_PIPE, Probe, ffmpeg_frames, ffpath, probe, run_ffmpeg
 
 # %% auto #0
 __all__ = ['ConvertConfig', 'convert_input', 'span_graph', 'convert_command', 'write_png_frames', 'fit_wav',
-           'audio_offset_frames', 'convert_outputs', 'check_input', 'span_probe', 'cut_point', 'convert_clip',
+           'audio_offset_frames', 'convert_outputs', 'check_input', 'cut_point', 'span_probe', 'convert_clip',
            'check_outputs', 'plot_alignment', 'prepare_convert', 'expect_convert']
 
 # %% ../nbs/06_convert.ipynb #c2433edb
@@ -137,15 +137,6 @@ def check_input(src, info, box: dict|None, cfg: ConvertConfig):
         raise TalkfaceError(src, f"the crop box was made for a {box.get('width')}x{box.get('height')} video, this one is {info.width}x{info.height}",
                             'run talkface crop again')
 
-# %% ../nbs/06_convert.ipynb #6d08323d
-def span_probe(box: dict) -> Probe:
-    "What `probe` would say of the scene file of a fused run's clip, from its crop box's `span` (its time range and its source's streams)."
-    s = box['span']
-    n, fps = s['n_frames'], s.get('fps', 25)
-    return Probe(box['source'], 0, max(n / fps, s['audio_duration']), True, s['has_audio'], fps, n, box['width'], box['height'],
-                 video_duration=n / fps, sample_rate=s['sample_rate'], channels=s['channels'],
-                 audio_duration=s['audio_duration'], audio_start=s['audio_start'])
-
 # %% ../nbs/06_convert.ipynb #62d9df6e
 def cut_point(src, info, cfg: ConvertConfig) -> tuple[float|None, float]:
     "Where every output ends (s on the video's clock; None: where the streams do), and where the sound ends."
@@ -155,6 +146,15 @@ def cut_point(src, info, cfg: ConvertConfig) -> tuple[float|None, float]:
     if end is not None and round(end * cfg.fps) < 1:
         raise BadInput(src, f'audio and video overlap for {max(end, 0):.2f} s: not one frame with sound')
     return end, audio_end
+
+# %% ../nbs/06_convert.ipynb #6d08323d
+def span_probe(box: dict) -> Probe:
+    "What `probe` would say of the scene file of a fused run's clip, from its crop box's `span` (its time range and its source's streams)."
+    s = box['span']
+    n, fps = s['n_frames'], s.get('fps', 25)
+    return Probe(box['source'], 0, max(n / fps, s['audio_duration']), True, s['has_audio'], fps, n, box['width'], box['height'],
+                 video_duration=n / fps, sample_rate=s['sample_rate'], channels=s['channels'],
+                 audio_duration=s['audio_duration'], audio_start=s['audio_start'])
 
 # %% ../nbs/06_convert.ipynb #d12e30f1
 def _run_pass(src, info, tmp: dict, cfg: ConvertConfig, box: dict|None, end, scratch: Path) -> int:
