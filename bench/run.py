@@ -4,8 +4,12 @@
 
 Rows, on 720p input (copies of the ground-truth sample and of the real HDTF clip when present):
   - plain ffmpeg decode of the same input (the ceiling);
-  - the full CPU pipeline with PNG frames and without them (`--frames none`), and with PNG frames and the pose preview
-    (`--keep pose_video`, what `talkface run` wrote by default before);
+  - the full CPU pipeline with PNG frames and without them (`--frames none`): the fused path (pass 1 measures the
+    scenes, pass 2 converts from the source); with PNG frames and the pose preview (`--keep pose_video`, what
+    `talkface run` wrote by default before); with PNG frames and the scene files kept (`--keep scenes`: the path that
+    encodes every scene at full size and measures the files);
+  - the floor: what any path must do to make the outputs, with no model at all: one plain decode of each input, then
+    convert's pass 2 (cut, crop, 25 fps, encode, PNG, wav) of every clip, 2 workers;
   - the stage-by-stage run: the per-stage commands one after another on the same output root, 2 workers each (the pose
     command keeps its preview, as the original script did);
   - the original script-by-script method: PySceneDetect and its ffmpeg split, separate ffmpeg passes
@@ -73,6 +77,23 @@ def pipeline(inp: Path, out: Path, frames: str = 'png', workers: int = 2, thread
 
 
 BY_STAGE_ARGS = {'audio': ['--features', 'mfcc,vad']}   # what `talkface run` computes without weights (the command's default is HuBERT)
+
+FLOOR = """
+import os, sys
+os.environ['TALKFACE_THREADS'] = os.environ['OMP_NUM_THREADS'] = '1'     # one thread per worker, as the run's 2 workers have
+from concurrent.futures import ProcessPoolExecutor
+from talkface.core import Layout
+from talkface.convert import ConvertConfig, convert_clip
+def one(clip): return convert_clip(clip, Layout(sys.argv[1]), ConvertConfig()).status
+clips = sorted(p.stem for p in Layout(sys.argv[1]).dir('cropped').glob('*.json'))
+with ProcessPoolExecutor(int(sys.argv[2])) as ex: assert set(ex.map(one, clips)) == {'ok'}
+"""
+
+def floor(inp: Path, root: Path, workers: int = 2) -> float:
+    "Wall seconds of the unavoidable work: a plain decode of every input, then pass 2 alone (convert from each fused crop box), `workers` at a time."
+    dec = ffmpeg_decode(inp)
+    return dec + timed([sys.executable, '-c', FLOOR, str(root), str(workers)])
+
 
 def stage_by_stage(inp: Path, out: Path, workers: int = 2) -> float:
     "Wall seconds of the per-stage commands run one after another, each reading its default folder under `out`."
@@ -188,6 +209,8 @@ def main():
         png = run('talkface run, PNG frames, 2 workers', 'png')
         nopng = run('talkface run, no PNG, 2 workers', 'nopng', 'none')
         run('talkface run, PNG, pose preview kept', 'keep', keep='pose_video')
+        unfused = run('talkface run, PNG, scene files kept', 'unfused', keep='scenes')
+        fl = floor(inp, d / 'png'); rows.append(('floor: decode + pass 2 alone, 2 workers', fl, secs / fl, None, BUSY[0]))
         bystage = run('stage by stage (8 commands), 2 workers', 'bystage', by_stage=True)
         one = run('talkface run, no PNG, 1 worker', 'one', 'none', workers=1)
         one1 = run('talkface run, no PNG, 1 worker, 1 thread', 'one1', 'none', workers=1, threads=1)
@@ -205,6 +228,8 @@ def main():
           + (f", {nopng[3] / one1[3]:.2f}x marginal" if one1[3] else ''))
     print(f"scaling 2 workers on {os.cpu_count()} cores / 1 worker confined to 1 core: {nopng[2] / core1[2]:.2f}x end to end"
           + (f", {nopng[3] / core1[3]:.2f}x marginal" if core1[3] else ''))
+    print(f"talkface run (PNG) / plain decode: {png[2] / (secs / dec):.2f} of the ceiling (floor / decode: {secs / fl / (secs / dec):.2f})")
+    print(f"fused / scene files kept (PNG): {png[2] / unfused[2]:.2f}x end to end" + (f", {png[3] / unfused[3]:.2f}x marginal" if png[3] else ''))
     print(f"talkface run (PNG) / stage by stage: {png[2] / bystage[2]:.2f}x end to end" + (f", {png[3] / bystage[3]:.2f}x marginal" if png[3] else ''))
     if not a.skip_original: print(f"talkface (PNG) / original method: {png[2] / (secs / to):.1f}x end to end"
                                   + (f", {png[3] / (secs / to):.1f}x marginal" if png[3] else ''))

@@ -11,12 +11,12 @@ from typing import Iterable
 import numpy as np
 from .core import (X264_PRESETS, BadInput, Layout, Stage, StageResult, TalkfaceError, atomic_path, check_alignment, feats_per_frame,
                            is_complete, ok, register)
-from .media import PPM_PIPE, ffmpeg_frames, ffpath, probe, run_ffmpeg
+from .media import PPM_PIPE, Probe, ffmpeg_frames, ffpath, probe, run_ffmpeg
 
 # %% auto #0
-__all__ = ['ConvertConfig', 'convert_input', 'convert_command', 'write_png_frames', 'fit_wav', 'audio_offset_frames',
-           'convert_outputs', 'check_input', 'cut_point', 'convert_clip', 'check_outputs', 'plot_alignment',
-           'prepare_convert', 'expect_convert']
+__all__ = ['ConvertConfig', 'convert_input', 'span_graph', 'convert_command', 'write_png_frames', 'fit_wav',
+           'audio_offset_frames', 'convert_outputs', 'check_input', 'cut_point', 'span_probe', 'convert_clip',
+           'check_outputs', 'plot_alignment', 'prepare_convert', 'expect_convert']
 
 # %% ../nbs/06_convert.ipynb #c2433edb
 @dataclass
@@ -43,16 +43,29 @@ def convert_input(clip: str, layout: Layout, src=None, box: dict|None = None) ->
         if video is not None and is_complete(video): return video, None
     if box is None and is_complete(js): box = json.loads(js.read_text(encoding='utf-8'))
     if box is None: raise BadInput(js, f'no cropped video or crop box for clip {clip}', 'run talkface crop first')
+    if box.get('span'): return Path(box['source']), box       # a fused run: the clip is a time range of its source video
     return layout.find_in(('raw', 'scenes'), clip), box   # a run without --keep scenes: the scene file itself
+
+# %% ../nbs/06_convert.ipynb #91937553
+def span_graph(span: dict, fps: int = 25) -> tuple[str, str, list]:
+    "The head of the video and audio graphs that take `span` (a scene's time range on its source's clock) alone, and the input arguments that open its source just before it."
+    lim = ':'.join(([f"start={span['trim_start']:.6f}"] if span.get('trim_start') is not None else []) +
+                   ([f"end={span['trim_end']:.6f}"] if span.get('trim_end') is not None else []))
+    video = f"{'trim=' + lim + ',' if lim else ''}setpts=PTS-STARTPTS,fps={fps},trim=end_frame={span['n_frames']},"
+    audio = f"atrim=start={span['start']:.6f}:end={span['end']:.6f},"
+    seek = max(0.0, span['start'] - 1.0)                  # a second early: ffmpeg decodes from the keyframe before it, trim picks the frames
+    return video, audio, ['-copyts', *(['-ss', f'{seek:.4f}'] if seek > 0 else []), '-i', ffpath(span['source'])]
 
 # %% ../nbs/06_convert.ipynb #aec84992
 def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, channels: int = 2,
-                    offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0, end: float|None = None) -> list:
-    "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass, cut at `end` s if given."
+                    offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0, end: float|None = None,
+                    span: dict|None = None) -> list:
+    "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass, cut at `end` s if given, of `span` only if given."
     vouts = [k for k in ('video', 'frames', 'count') if k in outs]
     crop = (box['filter'] + ',') if box else 'crop=trunc(iw/2)*2:trunc(ih/2)*2,'   # H.264 4:2:0 needs even sizes
     vcut = f',trim=end_frame={int(round(end * cfg.fps))}' if end is not None else ''
-    g = [f"[0:v]{crop}setpts=PTS-STARTPTS,fps={cfg.fps}{vcut},format=yuv420p" + (f",split={len(vouts)}" if len(vouts) > 1 else '')
+    vspan, aspan, args = span_graph(span, cfg.fps) if span else ('', '', ['-i', ffpath(src)])
+    g = [f"[0:v]{vspan}{crop}setpts=PTS-STARTPTS,fps={cfg.fps}{vcut},format=yuv420p" + (f",split={len(vouts)}" if len(vouts) > 1 else '')
          + ''.join(f'[v_{k}]' for k in vouts)]
     if 'frames' in outs: g.append('[v_frames]format=rgb24[png]')
     if 'count' in outs: g.append('[v_count]scale=8:8,format=gray[cnt]')
@@ -61,12 +74,12 @@ def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, 
         shift = (f",adelay=delays={int(round(offset * (sample_rate or 48000)))}S:all=1" if offset > 5e-4 else
                  f",atrim=start={-offset:.6f},asetpts=PTS-STARTPTS" if offset < -5e-4 else '')
         acut = f',atrim=end={end:.6f}' if end is not None else ''
-        g.append(f"[0:a]asetpts=PTS-STARTPTS{shift}{acut}" + (f",asplit={len(aouts)}" if len(aouts) > 1 else '')
+        g.append(f"[0:a]{aspan}asetpts=PTS-STARTPTS{shift}{acut}" + (f",asplit={len(aouts)}" if len(aouts) > 1 else '')
                  + ''.join(f'[a_{k}]' for k in aouts))
         if 'wav' in outs:
             mono = 'pan=mono|c0=0.5*c0+0.5*c1' if channels == 2 else 'aformat=channel_layouts=mono'
             g.append(f"[a_wav]{mono},aresample={cfg.sample_rate}:resampler=soxr,aformat=sample_fmts=s16[wav]")
-    args = ['-i', ffpath(src), '-filter_complex', ';'.join(g)]
+    args = [*args, '-filter_complex', ';'.join(g)]
     if 'video' in outs:
         args += ['-map', '[v_video]', '-c:v', 'libx264', '-preset', cfg.preset, '-crf', str(cfg.crf), '-r', str(cfg.fps)]
         if has_audio: args += ['-map', '[a_video]', '-c:a', 'aac', '-b:a', '128k']
@@ -134,11 +147,21 @@ def cut_point(src, info, cfg: ConvertConfig) -> tuple[float|None, float]:
         raise BadInput(src, f'audio and video overlap for {max(end, 0):.2f} s: not one frame with sound')
     return end, audio_end
 
+# %% ../nbs/06_convert.ipynb #6d08323d
+def span_probe(box: dict) -> Probe:
+    "What `probe` would say of the scene file of a fused run's clip, from its crop box's `span` (its time range and its source's streams)."
+    s = box['span']
+    n, fps = s['n_frames'], s.get('fps', 25)
+    return Probe(box['source'], 0, max(n / fps, s['audio_duration']), True, s['has_audio'], fps, n, box['width'], box['height'],
+                 video_duration=n / fps, sample_rate=s['sample_rate'], channels=s['channels'],
+                 audio_duration=s['audio_duration'], audio_start=s['audio_start'])
+
 # %% ../nbs/06_convert.ipynb #d12e30f1
 def _run_pass(src, info, tmp: dict, cfg: ConvertConfig, box: dict|None, end, scratch: Path) -> int:
     "Run the one ffmpeg pass into the temporary outputs `tmp`; the frame count they agree on."
     if 'video' not in tmp and 'frames' not in tmp: tmp['count'] = scratch / 'count.raw'
-    cmd = convert_command(src, tmp, cfg, box, info.channels, info.audio_start - info.video_start, info.has_audio, info.sample_rate, end)
+    cmd = convert_command(src, tmp, cfg, box, info.channels, info.audio_start - info.video_start, info.has_audio, info.sample_rate, end,
+                          span=box.get('span') if box else None)
     limit = max(600, 30 * info.duration)
     if 'frames' in tmp: n_png = write_png_frames(ffmpeg_frames(cmd, src, limit, 'convert'), tmp['frames'])
     else: run_ffmpeg(cmd, src, limit, 'convert')
@@ -156,7 +179,7 @@ def convert_clip(clip: str, layout: Layout, cfg: ConvertConfig = ConvertConfig()
     outs = convert_outputs(clip, layout, cfg)
     if not outs: raise TalkfaceError(clip, 'nothing to do: convert_video, convert_audio and extract_frames are all off')
     src, box = convert_input(clip, layout, src, box)
-    info = probe(src)
+    info = span_probe(box) if box and box.get('span') else probe(src)
     check_input(src, info, box, cfg)
     end, audio_end = cut_point(src, info, cfg)
     t0 = time.perf_counter()

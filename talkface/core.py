@@ -14,9 +14,9 @@ from fastcore.basics import patch
 __all__ = ['DISK_FULL', 'STATUSES', 'log', 'VIDEO_EXTS', 'AUDIO_EXTS', 'IMAGE_EXTS', 'ID_BYTES', 'TAKES', 'FOLDERS', 'TMP_TAG',
            'FICLONE', 'COLUMNS', 'VOLATILE', 'FPS', 'SR', 'STAGES', 'X264_PRESETS', 'shown', 'TalkfaceError',
            'BadInput', 'MissingWeights', 'Skip', 'OutOfSpace', 'StageResult', 'ok', 'skipped', 'failed', 'run_stage',
-           'clip_id', 'discover', 'Layout', 'tmp_name', 'atomic_path', 'write_bytes', 'write_text', 'write_json',
-           'save_npy', 'clean_tmp', 'link_or_copy', 'is_complete', 'size_of', 'is_done', 'Manifest', 'replay',
-           'shaping', 'fingerprint', 'input_changed', 'previous', 'progress', 'run_each', 'setup_logging',
+           'clip_id', 'made_clips', 'discover', 'Layout', 'tmp_name', 'atomic_path', 'write_bytes', 'write_text',
+           'write_json', 'save_npy', 'clean_tmp', 'link_or_copy', 'is_complete', 'size_of', 'is_done', 'Manifest',
+           'replay', 'shaping', 'fingerprint', 'input_changed', 'previous', 'progress', 'run_each', 'setup_logging',
            'package_dir', 'weights_dir', 'require_weights', 'wheel_file', 'feats_per_frame', 'n_video_frames',
            'fit_length', 'frame_window', 'check_alignment', 'Stage', 'register', 'load_stages', 'stage_order',
            'type_ok', 'check_settings']
@@ -66,6 +66,7 @@ class StageResult:
     outputs: list = field(default_factory=list)
     seconds: float = 0.0
     sizes: dict = field(default_factory=dict)   # a manifest row's: what its outputs measured when recorded (see `size_of`)
+    children: dict = field(default_factory=dict)   # a fused task's rows for later stages, {(clip, stage): StageResult} (not stored in its own row)
     def __post_init__(self): assert self.status in STATUSES, self.status
     @property
     def ok(self): return self.status == 'ok'
@@ -121,6 +122,11 @@ def clip_id(path) -> str:
     b = stem.encode('utf-8')
     if len(b) > ID_BYTES: stem = b[:150].decode('utf-8', 'ignore') + '~' + hashlib.blake2b(b, digest_size=4).hexdigest()
     return stem
+
+# %% ../nbs/00_core.ipynb #544b5583
+def made_clips(figures: dict, outputs: list) -> list[str]:
+    "The clips a fan-out row made: named in its figures (a fused split writes no file per clip), else one per output file."
+    return list(figures.get('clips') or [clip_id(o) for o in outputs])
 
 # %% ../nbs/00_core.ipynb #021ce173
 TAKES = {'video': VIDEO_EXTS, 'audio': AUDIO_EXTS + VIDEO_EXTS, 'frames': VIDEO_EXTS}   # 'frames': every subfolder is a clip too

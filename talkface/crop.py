@@ -14,8 +14,9 @@ from .faces import drop_small, get_detector, largest
 from .media import ffpath, frames, probe, run_ffmpeg
 
 # %% auto #0
-__all__ = ['CropConfig', 'SampledFaces', 'sample_boxes', 'Square', 'square_box', 'drift', 'CropBox', 'find_crop_box', 'plot_crop',
-           'crop_command', 'crop_outputs', 'crop_clip', 'prepare_crop', 'expect_crop']
+__all__ = ['CropConfig', 'SampledFaces', 'sample_boxes', 'Square', 'square_box', 'drift', 'CropBox', 'box_from_samples',
+           'find_crop_box', 'plot_crop', 'crop_command', 'crop_outputs', 'drift_verdict', 'crop_clip', 'prepare_crop',
+           'expect_crop']
 
 # %% ../nbs/05_crop.ipynb #e2aa77aa
 @dataclass
@@ -157,24 +158,30 @@ def load(cls: CropBox, path) -> CropBox:
     return cls(**json.loads(Path(path).read_text(encoding='utf-8')))
 
 # %% ../nbs/05_crop.ipynb #39e5e413
-def find_crop_box(path, cfg: CropConfig = CropConfig()) -> CropBox:
-    "Detect, square and measure drift for clip `path`; raises `Skip` when no face is found."
-    t0 = time.perf_counter()
-    sb = sample_boxes(path, cfg)
+def box_from_samples(sb: SampledFaces, cfg: CropConfig, src) -> CropBox:
+    "The fixed square of the faces `sb` sampled from `src`, its drift and face counts; raises `Skip` when no face holds still enough."
     n = len(sb.counts)
-    if not len(sb.boxes): raise Skip(path, f'no face found in any of the {n} sampled frames')
+    if not len(sb.boxes): raise Skip(src, f'no face found in any of the {n} sampled frames')
     miss = n - len(sb.boxes)
     if miss / n > cfg.max_missing:
-        raise Skip(path, f'no face in {miss} of {n} sampled frames: the face leaves the frame or turns away, '
-                         'a fixed crop cannot hold it')
+        raise Skip(src, f'no face in {miss} of {n} sampled frames: the face leaves the frame or turns away, '
+                        'a fixed crop cannot hold it')
     sq = square_box(sb.boxes, sb.width, sb.height, cfg.expanded_ratio, cfg.size)
     fb = sq.face_box
     d = drift(sb.boxes, sq.centre, max(fb[2] - fb[0], fb[3] - fb[1]))
-    return CropBox(str(path), sb.width, sb.height, **dataclasses.asdict(sq), expanded_ratio=cfg.expanded_ratio,
+    return CropBox(str(src), sb.width, sb.height, **dataclasses.asdict(sq), expanded_ratio=cfg.expanded_ratio,
                    skip_per_frame=cfg.skip_per_frame, samples=sb.frames, boxes=np.round(sb.boxes, 1).tolist(),
                    drift_track=np.round(d, 4).tolist(), drift=round(float(d.max()), 4), max_drift=cfg.max_drift,
                    drifting=bool(d.max() > cfg.max_drift), faces=sb.counts, faces_max=int(max(sb.counts)),
-                   face_ratio=round(len(sb.frames) / n, 4), seconds=round(time.perf_counter() - t0, 3))
+                   face_ratio=round(len(sb.frames) / n, 4))
+
+# %% ../nbs/05_crop.ipynb #b84c4242
+def find_crop_box(path, cfg: CropConfig = CropConfig()) -> CropBox:
+    "Detect, square and measure drift for clip `path`; raises `Skip` when no face is found."
+    t0 = time.perf_counter()
+    box = box_from_samples(sample_boxes(path, cfg), cfg, path)
+    box.seconds = round(time.perf_counter() - t0, 3)
+    return box
 
 # %% ../nbs/05_crop.ipynb #3b69e735
 def plot_crop(path, box: CropBox, ax=None, ax2=None):
@@ -209,6 +216,12 @@ def crop_outputs(clip: str, layout: Layout, cfg: CropConfig) -> list[Path]:
     js, mp4 = layout.path('cropped', clip, '.json'), layout.path('cropped', clip, '.mp4')
     return [mp4, js] if cfg.encode else [js]
 
+# %% ../nbs/05_crop.ipynb #79807e7f
+def drift_verdict(box: CropBox, cfg: CropConfig, name) -> str:
+    "Why clip `name` is dropped for its face's drift with `cfg` ('' when it is kept: drift under `max_drift`, or `drift_action` 'flag')."
+    if not (box.drifting and cfg.drift_action == 'drop'): return ''
+    return f"{name}: the face drifts {box.drift:.2f} of its size (> {cfg.max_drift:g}): not a fixed-camera clip"
+
 # %% ../nbs/05_crop.ipynb #882e828e
 def crop_clip(clip: str, layout: Layout, cfg: CropConfig = CropConfig(), src=None) -> StageResult:
     "Find the fixed face square of `clip` and write `cropped_faces/<clip>.json` (and `.mp4` with `cfg.encode`)."
@@ -218,10 +231,9 @@ def crop_clip(clip: str, layout: Layout, cfg: CropConfig = CropConfig(), src=Non
     if not info.has_video: raise BadInput(src, 'no video stream')
     box = find_crop_box(src, cfg)
     box.clip, box.fps, box.n_frames, box.encoded = clip, round(info.fps, 4), info.n_frames, bool(cfg.encode)
-    if box.drifting and cfg.drift_action == 'drop':
+    if why := drift_verdict(box, cfg, src.name):
         for p in (mp4, js): p.unlink(missing_ok=True)
-        return skipped(f"{src.name}: the face drifts {box.drift:.2f} of its size (> {cfg.max_drift:g}): not a fixed-camera clip",
-                       **box.figures())
+        return skipped(why, **box.figures())
     if cfg.encode:
         with atomic_path(mp4) as tmp:
             run_ffmpeg(crop_command(src, box, tmp, cfg, info.audio_codec), src, timeout=max(600, 20 * info.duration), what='crop')

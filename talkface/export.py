@@ -15,7 +15,7 @@ from .media import ffpath, probe, run_ffmpeg
 from .identity import SAME_PERSON, assign_speakers, identity_path, identity_root, read_pairs
 
 # %% auto #0
-__all__ = ['SCENE_RE', 'FIRST', 'FEATURES', 'WRITERS', 'SCORE_OF', 'LOADING', 'FORMATS', 'RELEASE', 'clip_stages', 'kept_clips',
+__all__ = ['FIRST', 'FEATURES', 'WRITERS', 'SCORE_OF', 'LOADING', 'FORMATS', 'RELEASE', 'clip_stages', 'kept_clips',
            'scene_origins', 'flatten', 'crop_record', 'clip_row', 'tidy', 'collect', 'parse_split', 'assign_splits',
            'clip_files', 'sample_key', 'tar_add', 'Shards', 'jsonable', 'write_webdataset', 'write_parquet',
            'write_folder', 'split_table', 'histograms', 'versions', 'thresholds', 'n_true', 'recipe', 'pd_none',
@@ -35,8 +35,6 @@ def kept_clips(stages: dict) -> list[str]:
                   if st.get('convert', {}).get('status') == 'ok' and all(r['status'] == 'ok' for r in st.values()))
 
 # %% ../nbs/13_export.ipynb #bbb852f7
-SCENE_RE = re.compile(r'-Scene-(\d+)$')
-
 def scene_origins(stages: dict, layout: Layout) -> dict[str, dict]:
     "For each clip the scenes stage cut: its input file, scene number, start (s from the input's first frame), source frames."
     out = {}
@@ -45,11 +43,9 @@ def scene_origins(stages: dict, layout: Layout) -> dict[str, dict]:
         if r is None or r['status'] != 'ok': continue
         f, rec = r['figures'], layout.dir('scenes') / f'{c}.scenes.json'
         ranges = json.loads(rec.read_text(encoding='utf-8')).get('ranges', []) if is_complete(rec) else []
-        for o in r['outputs']:
-            m = SCENE_RE.search(Path(o).stem)
-            k = int(m.group(1)) if m else 1
-            out[clip_id(o)] = dict(source=r['source'], input=c, scene=k, start=0.0 if k == 1 else float(f['cut_times'][k - 2]),
-                                   source_fps=f.get('fps'), source_frames=list(ranges[k - 1]) if k <= len(ranges) else None)
+        for k, clip in enumerate(f.get('clips') or [clip_id(o) for o in r['outputs']], 1):   # a fused run names its clips, a split its files
+            out[clip] = dict(source=r['source'], input=c, scene=k, start=0.0 if k == 1 else float(f['cut_times'][k - 2]),
+                             source_fps=f.get('fps'), source_frames=list(ranges[k - 1]) if k <= len(ranges) else None)
     return out
 
 # %% ../nbs/13_export.ipynb #ca22f2f6

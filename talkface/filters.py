@@ -9,13 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from .core import (BadInput, Layout, MissingWeights, Stage, StageResult, link_or_copy, ok, previous, register, skipped)
-from .faces import drop_small, get_detector, get_hand_detector, has_hand
+from .faces import drop_small, get_detector, get_hand_detector, has_hand, largest
 from .media import frames, probe
 from .vad import speech_ratio
 
 # %% auto #0
-__all__ = ['SCORE_KEYS', 'PLOTTED', 'FilterConfig', 'laplacian_var', 'blur_region', 'sample_step', 'hands_backend', 'measure',
-           'decide', 'stored_scores', 'filter_clip', 'plot_scores', 'prepare_filter', 'expect_filter']
+__all__ = ['SCORE_KEYS', 'PLOTTED', 'FilterConfig', 'laplacian_var', 'blur_region', 'sample_step', 'hands_backend', 'frame_blur',
+           'face_scores', 'measure', 'decide', 'stored_scores', 'filter_clip', 'plot_scores', 'prepare_filter',
+           'expect_filter']
 
 # %% ../nbs/04_filters.ipynb #4533f712
 @dataclass
@@ -68,17 +69,19 @@ def hands_backend(cfg: FilterConfig):
     except MissingWeights as e: return None, f'hands not scored: {e}'
 
 # %% ../nbs/04_filters.ipynb #3a0fb71c
-def _face_scores(frames: list, boxes: list) -> dict:
-    "Face ratio, most faces, median face height and median blur of sampled frames and their boxes."
+def frame_blur(image: np.ndarray, boxes) -> float:
+    "The blur score of one sampled frame: the Laplacian variance of its largest face (of the centre half when it has none)."
+    return laplacian_var(blur_region(image, largest(boxes)[:4] if len(boxes) else None))
+
+# %% ../nbs/04_filters.ipynb #75624e82
+def face_scores(boxes: list, blurs: list) -> dict:
+    "Face ratio, most faces, median face height and median blur of the sampled frames, from each one's face boxes and blur score."
     counts = [len(b) for b in boxes]
-    big = [b[int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))] for b in boxes if len(b)]
-    blur = [laplacian_var(blur_region(f, bx[:4] if len(bx) else None))
-            for f, bx in zip(frames, [b[int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))] if len(b) else []
-                                       for b in boxes])]
-    return dict(n_sampled=len(frames), face_ratio=round(float(np.mean([c > 0 for c in counts])), 4) if counts else 0.0,
+    big = [largest(b) for b in boxes if len(b)]
+    return dict(n_sampled=len(boxes), face_ratio=round(float(np.mean([c > 0 for c in counts])), 4) if counts else 0.0,
                 faces_max=int(max(counts, default=0)),
                 face_size=round(float(np.median([b[3] - b[1] for b in big])), 1) if big else 0.0,
-                blur=round(float(np.median(blur)), 2) if blur else 0.0)
+                blur=round(float(np.median(blurs)), 2) if blurs else 0.0)
 
 # %% ../nbs/04_filters.ipynb #74949970
 def measure(path, cfg: FilterConfig = FilterConfig()) -> dict:
@@ -95,7 +98,8 @@ def measure(path, cfg: FilterConfig = FilterConfig()) -> dict:
         step = sample_step(info.n_frames, info.fps, cfg.sample_every, cfg.max_samples)
         images = [f.image for f in frames(p, step=step, keyframes_only=True)]
         det = get_detector(cfg.detector, cfg.device, max_side=cfg.det_side)
-        s.update(_face_scores(images, [drop_small(det.detect(f)) for f in images]))
+        boxes = [drop_small(det.detect(f)) for f in images]
+        s.update(face_scores(boxes, [frame_blur(f, b) for f, b in zip(images, boxes)]))
     s['speech_ratio'] = round(float(speech_ratio(p)), 4) if info.has_audio else 0.0
     hands, why = hands_backend(cfg)
     s['hand_ratio'] = round(float(np.mean([has_hand(hands, f) for f in images])), 4) if (hands and images) else None

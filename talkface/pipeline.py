@@ -4,22 +4,22 @@
 
 # %% ../nbs/11_pipeline.ipynb #44867f6c
 from __future__ import annotations
-import dataclasses, fcntl, os
+import dataclasses, fcntl, functools, os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from .core import (BadInput, check_settings, Layout, Manifest, OutOfSpace, Stage, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
-                           is_done, link_or_copy, load_stages, log, progress, stage_order, write_json)
+                           is_done, link_or_copy, load_stages, log, made_clips, progress, stage_order, write_json)
 from . import __version__
 from .devices import DeviceSpec, parse_device, placement
 from .engines import LocalEngine, RayEngine, Task, wants_gpu
 
 # %% auto #0
-__all__ = ['KEEPABLE', 'RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare', 'check_input',
-           'redo_names', 'check', 'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size', 'place_inputs',
-           'Driver', 'redo_stages', 'said', 'SettingsChanged', 'changed_setting', 'later_stages', 'discard', 'settle',
-           'spawnable', 'make_engine', 'run_pipeline']
+__all__ = ['KEEPABLE', 'FUSED', 'RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare',
+           'check_input', 'redo_names', 'check', 'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size',
+           'place_inputs', 'Driver', 'redo_stages', 'said', 'SettingsChanged', 'changed_setting', 'later_stages',
+           'discard', 'settle', 'spawnable', 'make_engine', 'fusable', 'fuse', 'run_pipeline']
 
 # %% ../nbs/11_pipeline.ipynb #fcf35c9d
 @dataclass
@@ -230,6 +230,8 @@ class Driver:
         self.halt = []                     # set when a write found no room: submit nothing more
         self.redo = redo_stages(run, stages, after)   # stages redone for every clip (--redo, --overwrite)
         self.renew = set()                 # clips whose input file changed: every stage redone
+        self.given = {}                    # (clip, stage) -> a row a fused task made for a later stage: recorded, not run
+        self.fused = False                 # whether this run takes the fused path (see `fuse`)
 
 # %% ../nbs/11_pipeline.ipynb #b1129cea
 @patch
@@ -237,6 +239,7 @@ def due(self: Driver, stage: Stage, clip: str, prev: StageResult|None) -> bool:
     "Whether (clip, stage) must run: not done by the one rule, and not a decision that stands."
     r = self.run
     if r.overwrite or prev is None or stage.name in self.redo or clip in self.renew: return True
+    if stage.fanout and prev.figures.get('how') == 'fused' and not self.fused: return True   # its clips have no scene files to read
     if prev.status == 'skipped' or (prev.status == 'failed' and not r.retry_failed and not prev.figures.get('out_of_space')): return False
     cfg = r.stage_configs.get(stage.name) or stage.config()
     expected = stage.expects(clip, self.layout, cfg) if stage.expects and not stage.fanout else ()
@@ -248,6 +251,7 @@ def submit(self: Driver, stage: Stage, clip: str, source: str, prio: float):
     if self.halt or stage.name in self.status[clip]: return
     if not all(self.status[clip].get(a) == 'ok' for a in self.after[stage.name]): return
     self.status[clip][stage.name] = 'running'
+    if (clip, stage.name) in self.given: return self.advance(stage, clip, source, prio, self.given.pop((clip, stage.name)), True, recorded=True)
     prev = self.manifest.get(clip, stage.name)
     if not self.after[stage.name]: self.note_input(stage, clip, source, prev)
     if self.due(stage, clip, prev): self.engine.submit(Task(stage.name, clip, str(source), prio), self.layout, self.run, stage)
@@ -255,14 +259,21 @@ def submit(self: Driver, stage: Stage, clip: str, source: str, prio: float):
 
 # %% ../nbs/11_pipeline.ipynb #cc07f9c9
 @patch
-def advance(self: Driver, stage: Stage, clip: str, source: str, prio: float, res: StageResult, fresh: bool):
-    "Record `res` (when `fresh`) and submit the stages that waited for it."
+def advance(self: Driver, stage: Stage, clip: str, source: str, prio: float, res: StageResult, fresh: bool, recorded: bool = False):
+    "Record `res` (when `fresh`, unless already `recorded`), a fused task's rows for later stages first, and submit the stages that waited for it."
     self.status[clip][stage.name] = res.status
     self.results[clip, stage.name] = (res, fresh)
-    if fresh: self.clear_stale(stage, clip, res)
-    if fresh: self.manifest.record(clip, stage.name, res, source=source)
+    if fresh and not recorded:
+        self.clear_stale(stage, clip, res)
+        for (c, st), r in res.children.items():                 # a fused task's rows, before their parent's: a kill between leaves it to redo
+            self.clear_stale(next(s for s in self.stages if s.name == st), c, r)
+            self.manifest.record(c, st, r, source=source)
+        self.manifest.record(clip, stage.name, res, source=source)
+    self.given.update(res.children)
     if res.status != 'ok': return
-    targets = [(clip_id(o), str(o)) for o in res.outputs] if stage.fanout else [(clip, source)]
+    if not stage.fanout: targets = [(clip, source)]
+    elif 'clips' in res.figures: targets = [(c, source) for c in res.figures['clips']]   # a fused split: clips of the source, no files
+    else: targets = [(clip_id(o), str(o)) for o in res.outputs]
     for c, src in targets:
         self.status[c][stage.name] = 'ok'
         for s in self.stages:
@@ -373,7 +384,7 @@ def forget(self: Driver, clips: set):
 def drop_orphans(self: Driver, stage: Stage, clip: str, res: StageResult):
     "Before a fan-out stage's new result is recorded: the clips its last result made and this one does not (fewer scenes now, or none) are forgotten."
     prev = self.manifest.get(clip, stage.name)
-    if gone := {clip_id(o) for o in (prev.outputs if prev else [])} - {clip_id(o) for o in (res.outputs if res.ok else [])}: self.forget(gone)
+    if gone := set(made_clips(prev.figures, prev.outputs) if prev else []) - set(made_clips(res.figures, res.outputs) if res.ok else []): self.forget(gone)
 
 # %% ../nbs/11_pipeline.ipynb #7e11df5c
 @patch
@@ -397,6 +408,24 @@ def make_engine(run: RunConfig, stages=()):
     if run.engine != 'ray': return LocalEngine(run.workers, run.threads, isolate=spawnable(run, stages), gpus=gpus, gpu_batch=run.gpu_batch)
     return RayEngine(run.workers, run.ray_address, None if gpus is None else bool(gpus))
 
+# %% ../nbs/11_pipeline.ipynb #7feb2f50
+FUSED = ('scenes', 'filter', 'crop', 'convert')   # the stages a run fuses: pass 1 does the first three, convert is pass 2
+
+def fusable(run: RunConfig, stages: list[Stage]) -> bool:
+    "Whether `run` takes the fused path: it runs the package's scenes, filter, crop and convert together and keeps no scene files."
+    names = [s.name for s in stages]
+    return (set(FUSED) <= set(names) and 'scenes' not in run.kept and names[0] == 'scenes'
+            and getattr(stages[0].func, '__module__', '') == 'talkface.scenes')
+
+# %% ../nbs/11_pipeline.ipynb #2420c7a2
+def fuse(run: RunConfig, stages: list[Stage]) -> list[Stage]:
+    "`stages`, with the scenes task of a fusable run replaced by pass 1 (`fused.scan_source`, with the run's filter and crop settings)."
+    if not fusable(run, stages): return stages
+    from talkface.fused import scan_source
+    by = {s.name: s for s in stages}
+    scan = functools.partial(scan_source, filter_cfg=stage_config(run, by['filter']), crop_cfg=stage_config(run, by['crop']))
+    return [dataclasses.replace(s, func=scan) if s.name == 'scenes' else s for s in stages]
+
 # %% ../nbs/11_pipeline.ipynb #93994a5b
 def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout: Layout|None = None, inputs: dict|None = None,
                  results: dict|None = None) -> Manifest:
@@ -404,6 +433,7 @@ def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout
     stages, after = plan(run.stage_list, registry)
     for note in prepare(run, stages): log.warning(note)
     check(run, stages)
+    fused, stages = fusable(run, stages), fuse(run, stages)
     root = check_writable(run.output)
     from talkface.media import check_ffmpeg   # here, not at the top: a worker must set its threads before numpy is first imported
     ff = check_ffmpeg()                       # a chosen ffmpeg that is too old stops the run here, not clip after clip
@@ -416,6 +446,7 @@ def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout
         roots = [s for s in stages if not after[s.name]]
         inputs = place_inputs(run, roots, layout) if inputs is None else inputs
         d = Driver(stages, after, layout, manifest, engine or make_engine(run, stages), run)
+        d.fused = fused
         for cid, path in sorted(inputs.items(), key=lambda kv: -input_size(kv[1])):
             for s in roots: d.submit(s, cid, str(path), input_size(path))
         d.drain()

@@ -15,9 +15,9 @@ from .media import (FrameWriter, color_tags, ffpath, frame_rate, frames, new_sca
                             yuv420_planes)
 
 # %% auto #0
-__all__ = ['ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'split_command', 'audio_command', 'ScenePipe', 'StreamSplit',
-           'read_last', 'cut_strip', 'scene_name', 'record_path', 'recorded_outputs', 'scene_times', 'scenes_clip',
-           'expect_scenes']
+__all__ = ['ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'round_ts', 'frame_clock', 'split_command', 'audio_command',
+           'ScenePipe', 'StreamSplit', 'read_last', 'cut_strip', 'scene_name', 'record_path', 'recorded_outputs',
+           'scene_times', 'copies_whole', 'scenes_clip', 'expect_scenes']
 
 # %% ../nbs/03_scenes.ipynb #ec6fc3d4
 @dataclass
@@ -82,10 +82,12 @@ def detect_cuts(path, cfg: ScenesConfig = ScenesConfig(), sink=None) -> Cuts:
     return Cuts(cuts, [round(times[c], 4) for c in cuts], n, float(rate), np.array(times), np.array(scores, np.float32))
 
 # %% ../nbs/03_scenes.ipynb #083a3d5d
-def _round(x: float) -> int: return int(np.floor(x + 0.5))     # as ffmpeg rounds timestamps: half away from zero
+def round_ts(x: float) -> int:
+    "`x` rounded half away from zero, as ffmpeg rounds timestamps (Python's `round` rounds half to even)."
+    return int(np.floor(x + 0.5))
 
 # %% ../nbs/03_scenes.ipynb #1893b02f
-def _clock(cuts: Cuts, offset: float = 0.0):
+def frame_clock(cuts: Cuts, offset: float = 0.0):
     "`at(i)`: when frame `i` starts on the file's clock (the video starts at `offset`; past the end: one frame after the last), and one frame's length."
     t, n, dt = cuts.times, cuts.n_frames, 1 / (cuts.fps or 25)
     def at(i): return offset + (float(t[i]) if i < n else float(t[-1]) + dt)
@@ -115,7 +117,7 @@ def _even_crop(w: int, h: int) -> str:
 def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig, width: int, height: int,
                   has_audio: bool = True, audio_end: float = float('inf'), offset: float = 0.0) -> list:
     "ffmpeg arguments that write scenes `ranges` ([start, end) frames) of `src` to `dests`; no audio where it ended (`audio_end`, s)."
-    at, dt = _clock(cuts, offset)
+    at, dt = frame_clock(cuts, offset)
     n = cuts.n_frames
     def mid(i): return (at(i - 1) + at(i)) / 2
     voiced, args = _audio_input(src, ranges, at, dt, offset, has_audio, audio_end)
@@ -124,7 +126,7 @@ def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig,
     for j, (a, b) in enumerate(ranges):
         vin = f'[v{j}]' if k > 1 else '[0:v]'
         lim = ':'.join(([f'start={mid(a):.6f}'] if a > 0 else []) + ([f'end={mid(b):.6f}'] if b < n else []))
-        last = f',trim=end_frame={max(_round((at(b) - at(a)) * cfg.fps), 1)}' if b < n else ''   # as many frames as ScenePipe writes
+        last = f',trim=end_frame={max(round_ts((at(b) - at(a)) * cfg.fps), 1)}' if b < n else ''   # as many frames as ScenePipe writes
         g.append(f"{vin}{'trim=' + lim + ',' if lim else ''}setpts=PTS-STARTPTS,fps={cfg.fps}{last}"
                  f"{_even_crop(width, height)},format=yuv420p[ov{j}]")
     args += ['-filter_complex', ';'.join(g + _audio_graph(ranges, at, voiced))]
@@ -138,7 +140,7 @@ def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig,
 def audio_command(src, cuts: Cuts, ranges: list, videos: list, dests: list, has_audio: bool = True,
                   audio_end: float = float('inf'), offset: float = 0.0) -> list:
     "ffmpeg arguments that write `dests`: the video-only scene files `videos` (copied) with `src`'s audio of their `ranges`."
-    at, dt = _clock(cuts, offset)
+    at, dt = frame_clock(cuts, offset)
     voiced, args = _audio_input(src, ranges, at, dt, offset, has_audio, audio_end)
     args = args if voiced else []
     for v in videos: args += ['-i', ffpath(v)]
@@ -164,7 +166,7 @@ class ScenePipe:
 def add(self: ScenePipe, t: float, planes: list):
     "The next source frame (Y, U, V arrays), shown from `t` seconds."
     if planes[0].shape != self.size[::-1]: raise BadInput(self.src, f'the frame size changes mid-video, at {t:.2f} s')
-    self._fill(_round((t - self.start) * self.fps))          # the slots before it show the frame before it
+    self._fill(round_ts((t - self.start) * self.fps))          # the slots before it show the frame before it
     self.last = planes
 
 @patch
@@ -176,7 +178,7 @@ def _fill(self: ScenePipe, until: int):
 @patch
 def close(self: ScenePipe, end: float):
     "End the scene at `end` seconds (the next scene's first frame); the encoder finishes on its own."
-    self._fill(max(_round((end - self.start) * self.fps), self.slot + 1))
+    self._fill(max(round_ts((end - self.start) * self.fps), self.slot + 1))
     self.writer.finish()
 
 @patch
@@ -293,7 +295,7 @@ def finish(self: StreamSplit, cuts: Cuts) -> list[Path]:
     ranges = cuts.ranges
     if [a for a, _, _ in self.streamed] != [a for a, _ in ranges[len(ranges) - len(self.streamed):]]:
         raise TalkfaceError(self.src, 'a cut was reported after its frame was encoded (raise min_scene_len)')
-    self._close_scene(cuts.n_frames, _clock(cuts)[0](cuts.n_frames))
+    self._close_scene(cuts.n_frames, frame_clock(cuts)[0](cuts.n_frames))
     self.pool.shutdown(wait=True)
     for job in [self.first, *self.jobs]:
         if job: job.result()                                 # raises what went wrong in the background
@@ -352,6 +354,11 @@ def scene_times(cuts: Cuts) -> list[list[float]]:
     t.append(t[-1] + 1 / (cuts.fps or 25) if t else 0.0)
     return [[round(t[a], 4), round(t[min(b, len(t) - 1)], 4)] for a, b in cuts.ranges]
 
+# %% ../nbs/03_scenes.ipynb #80447cbe
+def copies_whole(src, cfg: ScenesConfig) -> bool:
+    "Whether a video without a cut is copied as its one scene, not re-encoded: an upright .mp4, with `copy_uncut`."
+    return cfg.copy_uncut and Path(src).suffix.lower() == '.mp4' and rotation(src) == 0
+
 # %% ../nbs/03_scenes.ipynb #764a0dbc
 def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: str|None = None):
     "Split the raw video `src` into `<name>-Scene-NNN.mp4` files in `layout`'s scenes folder."
@@ -361,7 +368,7 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     info = probe(src)
     if not info.has_video: raise BadInput(src, 'no video stream', 'scenes need a video')
     outdir.mkdir(parents=True, exist_ok=True)
-    copyable = cfg.copy_uncut and src.suffix.lower() == '.mp4' and rotation(src) == 0
+    copyable = copies_whole(src, cfg)
     t0 = time.perf_counter()
     with StreamSplit(src, lambda k: layout.path('scenes', scene_name(name, k), '.mp4'), cfg, info, prefix=copyable) as sp:
         cuts = detect_cuts(src, cfg, sink=sp)                # the scenes are encoded during the detection's decode

@@ -6,7 +6,7 @@
 from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
-from .core import Manifest, TalkfaceError, clip_id, stage_order
+from .core import Manifest, TalkfaceError, made_clips, stage_order
 
 # %% auto #0
 __all__ = ['why', 'stage_names', 'counts_table', 'stop_row', 'by_input', 'input_line', 'status_text']
@@ -45,7 +45,7 @@ def by_input(rows: list[dict], registry=None) -> dict[str, tuple[dict|None, list
     made, parent = {}, {}
     for r in rows:
         if r['stage'] in fan:
-            kids = [clip_id(o) for o in r['outputs']] if r['status'] == 'ok' else []
+            kids = made_clips(r['figures'], r['outputs']) if r['status'] == 'ok' else []
             made[r['clip']] = (r, kids)
             parent.update({k: r['clip'] for k in kids if k != r['clip']})
     return {c: made.get(c, (None, [c])) for c in sorted({r['clip'] for r in rows}) if c not in parent}

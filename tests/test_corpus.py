@@ -3,7 +3,7 @@ a reason a person understands, no traceback, and no output where a stage did not
 import re, shutil, subprocess
 from pathlib import Path
 import pytest
-from talkface.core import Layout, Manifest, clip_id, discover, is_complete, stage_order
+from talkface.core import Layout, Manifest, discover, is_complete, made_clips, stage_order
 from talkface.sample import BAD_INPUTS, demo_sample, load_expectations, make_bad_inputs
 from conftest import BIN
 
@@ -42,8 +42,9 @@ def corpus(tmp_path_factory):
 
 
 def scene_clips(c, cid) -> list[str]:
-    "The clips the scenes stage made from input `cid`."
-    return [clip_id(o) for o in c['by'][cid]['scenes']['outputs']]
+    "The clips the scenes stage made from input `cid` (a fused run names them in its row, a split writes a file each)."
+    r = c['by'][cid]['scenes']
+    return made_clips(r['figures'], r['outputs'])
 
 
 def stop(c, clip) -> tuple[str, str, str]:
