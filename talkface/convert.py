@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 from .core import (X264_PRESETS, BadInput, Layout, Stage, StageResult, TalkfaceError, atomic_path, check_alignment, feats_per_frame,
                            is_complete, ok, register)
-from .media import PPM_PIPE, ffmpeg_frames, ffpath, probe, run_ffmpeg
+from .media import PPM_PIPE, ffmpeg_frames, ffpath, probe, run_ffmpeg, square_filter, square_size
 
 # %% auto #0
 __all__ = ['ConvertConfig', 'convert_input', 'convert_command', 'write_png_frames', 'fit_wav', 'audio_offset_frames',
@@ -47,10 +47,11 @@ def convert_input(clip: str, layout: Layout, src=None, box: dict|None = None) ->
 
 # %% ../nbs/06_convert.ipynb #aec84992
 def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, channels: int = 2,
-                    offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0, end: float|None = None) -> list:
-    "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass, cut at `end` s if given."
+                    offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0, end: float|None = None, pre: str = '') -> list:
+    "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass, cut at `end` s if given, after the filters `pre` (`media.square_filter`)."
     vouts = [k for k in ('video', 'frames', 'count') if k in outs]
     crop = (box['filter'] + ',') if box else 'crop=trunc(iw/2)*2:trunc(ih/2)*2,'   # H.264 4:2:0 needs even sizes
+    crop = (pre + ',' if pre else '') + crop
     vcut = f',trim=end_frame={int(round(end * cfg.fps))}' if end is not None else ''
     g = [f"[0:v]{crop}setpts=PTS-STARTPTS,fps={cfg.fps}{vcut},format=yuv420p" + (f",split={len(vouts)}" if len(vouts) > 1 else '')
          + ''.join(f'[v_{k}]' for k in vouts)]
@@ -113,15 +114,16 @@ def convert_outputs(clip: str, layout: Layout, cfg: ConvertConfig) -> dict:
 
 # %% ../nbs/06_convert.ipynb #8fd2bfe2
 def _rotated_match(box: dict, info) -> bool:
-    return (box.get('width'), box.get('height')) == (info.height, info.width)   # a rotated phone video: boxes are upright
+    return (box.get('width'), box.get('height')) == square_size(info)[::-1]   # a rotated phone video: boxes are upright
 
 # %% ../nbs/06_convert.ipynb #e1c8266b
 def check_input(src, info, box: dict|None, cfg: ConvertConfig):
     "Raise when `src` can't be converted with `cfg`: no video, no audio where audio is asked for, a box made for another size."
     if not info.has_video: raise BadInput(src, 'no video stream')
     if not info.has_audio and cfg.convert_audio: raise BadInput(src, 'no audio stream', 'the dataset needs speech; the filter stage drops such clips')
-    if box and (box.get('width'), box.get('height')) != (info.width, info.height) and not _rotated_match(box, info):
-        raise TalkfaceError(src, f"the crop box was made for a {box.get('width')}x{box.get('height')} video, this one is {info.width}x{info.height}",
+    w, h = square_size(info)                                   # boxes are found on square pixels
+    if box and (box.get('width'), box.get('height')) != (w, h) and not _rotated_match(box, info):
+        raise TalkfaceError(src, f"the crop box was made for a {box.get('width')}x{box.get('height')} video, this one is {w}x{h}",
                             'run talkface crop again')
 
 # %% ../nbs/06_convert.ipynb #62d9df6e
@@ -138,7 +140,8 @@ def cut_point(src, info, cfg: ConvertConfig) -> tuple[float|None, float]:
 def _run_pass(src, info, tmp: dict, cfg: ConvertConfig, box: dict|None, end, scratch: Path) -> int:
     "Run the one ffmpeg pass into the temporary outputs `tmp`; the frame count they agree on."
     if 'video' not in tmp and 'frames' not in tmp: tmp['count'] = scratch / 'count.raw'
-    cmd = convert_command(src, tmp, cfg, box, info.channels, info.audio_start - info.video_start, info.has_audio, info.sample_rate, end)
+    cmd = convert_command(src, tmp, cfg, box, info.channels, info.audio_start - info.video_start, info.has_audio, info.sample_rate, end,
+                          square_filter(info))
     limit = max(600, 30 * info.duration)
     if 'frames' in tmp: n_png = write_png_frames(ffmpeg_frames(cmd, src, limit, 'convert'), tmp['frames'])
     else: run_ffmpeg(cmd, src, limit, 'convert')
@@ -164,7 +167,7 @@ def convert_clip(clip: str, layout: Layout, cfg: ConvertConfig = ConvertConfig()
         tmp = {k: st.enter_context(atomic_path(p, is_dir=(k == 'frames'))) for k, p in outs.items()}
         scratch = Path(st.enter_context(tempfile.TemporaryDirectory(dir=layout.root if layout.root.exists() else None, prefix='.convert.tmp-')))
         n = _run_pass(src, info, tmp, cfg, box, end, scratch)
-        fig = dict(source=str(src), cropped=bool(box), side=box['out_size'] if box else info.width, frames=n,
+        fig = dict(source=str(src), cropped=bool(box), side=box['out_size'] if box else square_size(info)[0], frames=n,
                    png=n if 'frames' in tmp else None, fps=cfg.fps)
         if info.has_audio:
             fig['audio_duration'], fig['audio_offset'] = round(info.audio_duration, 4), round(info.audio_start - info.video_start, 4)

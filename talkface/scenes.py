@@ -12,12 +12,12 @@ import numpy as np
 from fastcore.basics import patch
 from .core import X264_PRESETS, BadInput, Layout, Stage, TalkfaceError, clip_id, link_or_copy, ok, register, tmp_name, write_json
 from .media import (FrameWriter, color_tags, ffpath, frame_rate, frames, new_scaler, probe, rotation, run_ffmpeg,
-                            yuv420_planes)
+                            square_filter, square_size, yuv420_planes)
 
 # %% auto #0
 __all__ = ['ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'split_command', 'audio_command', 'ScenePipe', 'StreamSplit',
-           'read_last', 'cut_strip', 'scene_name', 'record_path', 'recorded_outputs', 'scene_times', 'scenes_clip',
-           'expect_scenes']
+           'read_last', 'cut_strip', 'scene_name', 'record_path', 'recorded_outputs', 'scene_times', 'picture_figures',
+           'scenes_clip', 'expect_scenes']
 
 # %% ../nbs/03_scenes.ipynb #ec6fc3d4
 @dataclass
@@ -153,10 +153,10 @@ def audio_command(src, cuts: Cuts, ranges: list, videos: list, dests: list, has_
 class ScenePipe:
     "One scene's video: raw 4:2:0 frames into a `FrameWriter` at `cfg.fps`, picked as ffmpeg's `fps` filter picks them."
     def __init__(self, dest, start: float, size: tuple, pix_fmt: str, cfg: ScenesConfig, src, tags: tuple = (),
-                 timeout: float|None = None):
+                 timeout: float|None = None, vf: str = ''):
         self.src, self.start, self.fps, self.size = src, start, cfg.fps, size
         self.slot, self.last = 0, None
-        out = ['-an', '-c:v', 'libx264', '-threads', 1, '-preset', cfg.preset, '-crf', cfg.crf, '-g', cfg.keyint, '-pix_fmt', 'yuv420p', '-f', 'mp4']
+        out = ['-an', *(['-vf', vf] if vf else []), '-c:v', 'libx264', '-threads', 1, '-preset', cfg.preset, '-crf', cfg.crf, '-g', cfg.keyint, '-pix_fmt', 'yuv420p', '-f', 'mp4']
         self.writer = FrameWriter(dest, size, cfg.fps, out, pix_fmt, tags, src=src, timeout=timeout, what='scene split', atomic=False)
 
 # %% ../nbs/03_scenes.ipynb #0cf3b98a
@@ -243,7 +243,8 @@ def _commit(self: StreamSplit, i: int, t: float, frame):
         elif i > 0: self._first_scene(i)
         video = tmp_name(self.dest_for(len(self.streamed) + 1 + bool(self.first))).with_suffix('.video.mp4')
         self.temps.append(video)
-        pipe = ScenePipe(video, t, planes[0].shape[::-1], fmt, self.cfg, self.src, color_tags(frame), self.limit)
+        pipe = ScenePipe(video, t, planes[0].shape[::-1], fmt, self.cfg, self.src, color_tags(frame), self.limit,
+                         square_filter(self.info, int(round(frame.rotation or 0))))
         self.streamed.append((i, pipe, video))
     self.streamed[-1][1].add(t, planes)
 
@@ -352,6 +353,14 @@ def scene_times(cuts: Cuts) -> list[list[float]]:
     t.append(t[-1] + 1 / (cuts.fps or 25) if t else 0.0)
     return [[round(t[a], 4), round(t[min(b, len(t) - 1)], 4)] for a, b in cuts.ranges]
 
+# %% ../nbs/03_scenes.ipynb #6574e32f
+def picture_figures(info) -> dict:
+    "What the split did to the picture, for the scenes row: the pixel shape it made square, the deinterlacing (nothing when neither)."
+    f = {}
+    if abs((info.sar or 1.0) - 1) >= 1e-3: f.update(sar=round(info.sar, 4), square_size=list(square_size(info)))
+    if info.interlaced: f['deinterlaced'] = info.interlaced
+    return f
+
 # %% ../nbs/03_scenes.ipynb #764a0dbc
 def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: str|None = None):
     "Split the raw video `src` into `<name>-Scene-NNN.mp4` files in `layout`'s scenes folder."
@@ -361,7 +370,7 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     info = probe(src)
     if not info.has_video: raise BadInput(src, 'no video stream', 'scenes need a video')
     outdir.mkdir(parents=True, exist_ok=True)
-    copyable = cfg.copy_uncut and src.suffix.lower() == '.mp4' and rotation(src) == 0
+    copyable = cfg.copy_uncut and src.suffix.lower() == '.mp4' and rotation(src) == 0 and not square_filter(info)
     t0 = time.perf_counter()
     with StreamSplit(src, lambda k: layout.path('scenes', scene_name(name, k), '.mp4'), cfg, info, prefix=copyable) as sp:
         cuts = detect_cuts(src, cfg, sink=sp)                # the scenes are encoded during the detection's decode
@@ -376,7 +385,7 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
         how = link_or_copy(src, dests[0])
     figures = dict(n_scenes=len(ranges), cuts=cuts.cuts, cut_times=cuts.cut_times, n_frames=cuts.n_frames,
                    fps=round(cuts.fps, 4), duration=round(info.duration, 4), scene_times=scene_times(cuts), how=how, scenes_without_audio=silent,
-                   detect_s=round(t1 - t0, 3), split_s=round(time.perf_counter() - t1, 3))
+                   detect_s=round(t1 - t0, 3), split_s=round(time.perf_counter() - t1, 3), **picture_figures(info))
     for o in set(recorded_outputs(layout, name)) - {d.name for d in dests}: (outdir / o).unlink(missing_ok=True)
     write_json(record_path(layout, name), dict(source=str(src), outputs=[d.name for d in dests], ranges=ranges, figures=figures))
     return ok(dests, **figures)
