@@ -16,11 +16,11 @@ from .core import BadInput, IMAGE_EXTS, OutOfSpace, TalkfaceError, log, package_
 # %% auto #0
 __all__ = ['FFMPEG_MIN', 'PPM_PIPE', 'real_sample', 'pinned_ffmpeg', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'worker_threads',
            'run_ffmpeg', 'ffmpeg_version', 'release', 'check_ffmpeg', 'read_ppm', 'ffmpeg_frames', 'Probe',
-           'error_text', 'looks_like_text', 'av_source', 'probe', 'square_size', 'square_filter', 'Frame', 'plane',
-           'scaled_size', 'rotate_image', 'new_scaler', 'bgr_image', 'luma_image', 'video_stream', 'packet_pts',
-           'keyframes', 'frame_rate', 'frame_files', 'prefetch', 'frames', 'iter_frames', 'read_frame', 'yuv420_planes',
-           'color_tags', 'rotation', 'FrameReader', 'FrameWriter', 'decode_audio', 'resample', 'Audio', 'read_audio',
-           'load_audio', 'save_wav']
+           'error_text', 'looks_like_text', 'av_source', 'probe', 'square_size', 'square_filter', 'find_combing',
+           'Frame', 'plane', 'scaled_size', 'rotate_image', 'new_scaler', 'bgr_image', 'luma_image', 'video_stream',
+           'packet_pts', 'keyframes', 'frame_rate', 'frame_files', 'prefetch', 'frames', 'iter_frames', 'read_frame',
+           'yuv420_planes', 'color_tags', 'rotation', 'FrameReader', 'FrameWriter', 'decode_audio', 'resample', 'Audio',
+           'read_audio', 'load_audio', 'read_track', 'save_wav']
 
 # %% ../nbs/01_media.ipynb #4131ccd3
 def real_sample() -> Path|None:
@@ -305,6 +305,18 @@ def square_filter(info, rotation: int|None = None) -> str:
             parts.append(f'setsar={(1 / q if int(rotation) % 180 else q)}')
         parts.append("scale='if(gt(sar,1),round(iw*sar/2)*2,iw)':'if(lt(sar,1),round(ih/sar/2)*2,ih)',setsar=1")
     return ','.join(parts)
+
+# %% ../nbs/01_media.ipynb #cedba74f
+def find_combing(path, info, frames: int = 150) -> Probe:
+    "`info` with `interlaced='detected'` (and the field order) when ffmpeg's `idet` finds combing in the first `frames` frames of a stream that does not say it is interlaced."
+    if info.interlaced or not info.has_video: return info
+    r = run_ffmpeg(['-loglevel', 'info', '-i', ffpath(path), '-map', '0:v:0', '-frames:v', frames, '-vf', 'idet', '-an', '-f', 'null', '-'],
+                   path, what='interlace check')
+    found = re.findall(r'Multi frame detection: TFF:\s*(\d+)\s+BFF:\s*(\d+)\s+Progressive:\s*(\d+)', r.stderr.decode('utf-8', 'replace'))
+    if not found: return info
+    tff, bff, prog = map(int, found[-1])
+    if tff + bff > max(2 * prog, 20): info.interlaced, info.field_order = 'detected', 'tt' if tff >= bff else 'bb'
+    return info
 
 # %% ../nbs/01_media.ipynb #f377a284
 @dataclass
@@ -770,6 +782,13 @@ def load_audio(path, sr: int = 16000, mono: bool = True) -> np.ndarray:
     if mono: return read_audio(path, sr).samples
     x, rate = decode_audio(path)
     return resample(x, rate, sr)
+
+# %% ../nbs/01_media.ipynb #1d91fd49
+def read_track(path, track: int = 0, seconds: float = 30.0, sr: int = 16000) -> np.ndarray:
+    "The first `seconds` of audio stream `track` of `path` as float32 mono samples at `sr` Hz (ffmpeg's downmix)."
+    r = run_ffmpeg(['-t', seconds, '-i', ffpath(path), '-map', f'0:a:{int(track)}', '-ac', 1, '-ar', sr, '-f', 'f32le', 'pipe:1'],
+                   path, what='audio track read')
+    return np.frombuffer(r.stdout, np.float32).copy()
 
 # %% ../nbs/01_media.ipynb #e7a8d05c
 def save_wav(dest, samples: np.ndarray, sr: int = 16000) -> Path:
