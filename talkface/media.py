@@ -310,8 +310,9 @@ def square_filter(info, rotation: int|None = None) -> str:
 def find_combing(path, info, frames: int = 150) -> Probe:
     "`info` with `interlaced='detected'` (and the field order) when ffmpeg's `idet` finds combing in the first `frames` frames of a stream that does not say it is interlaced."
     if info.interlaced or not info.has_video: return info
-    r = run_ffmpeg(['-loglevel', 'info', '-i', ffpath(path), '-map', '0:v:0', '-frames:v', frames, '-vf', 'idet', '-an', '-f', 'null', '-'],
-                   path, what='interlace check')
+    try: r = run_ffmpeg(['-loglevel', 'info', '-i', ffpath(path), '-map', '0:v:0', '-frames:v', frames, '-vf', 'idet', '-an', '-f', 'null', '-'],
+                        path, what='interlace check')
+    except TalkfaceError: return info          # a file ffmpeg cannot read this far fails later, with the stage's own reason
     found = re.findall(r'Multi frame detection: TFF:\s*(\d+)\s+BFF:\s*(\d+)\s+Progressive:\s*(\d+)', r.stderr.decode('utf-8', 'replace'))
     if not found: return info
     tff, bff, prog = map(int, found[-1])
