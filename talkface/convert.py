@@ -11,7 +11,8 @@ from typing import Iterable
 import numpy as np
 from .core import (X264_PRESETS, BadInput, Layout, Stage, StageResult, TalkfaceError, atomic_path, check_alignment, feats_per_frame,
                            is_complete, ok, register)
-from .media import PPM_PIPE, Probe, ffmpeg_frames, ffpath, probe, run_ffmpeg
+from .media import PPM_PIPE, Probe, ffmpeg_frames, ffpath, probe, run_ffmpeg, square_filter, square_size
+
 
 # %% auto #0
 __all__ = ['ConvertConfig', 'convert_input', 'span_graph', 'convert_command', 'write_png_frames', 'fit_wav',
@@ -58,11 +59,12 @@ def span_graph(span: dict, fps: int = 25) -> tuple[str, str, list]:
 
 # %% ../nbs/06_convert.ipynb #aec84992
 def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, channels: int = 2,
-                    offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0, end: float|None = None,
+                    offset: float = 0.0, has_audio: bool = True, sample_rate: int = 0, end: float|None = None, pre: str = '',
                     span: dict|None = None) -> list:
-    "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass, cut at `end` s if given, of `span` only if given."
+    "ffmpeg arguments writing `outs` ('video', 'frames' (a folder), 'wav', 'count') from `src` in one pass, cut at `end` s if given, after the filters `pre` (`media.square_filter`), of `span` only if given."
     vouts = [k for k in ('video', 'frames', 'count') if k in outs]
     crop = (box['filter'] + ',') if box else 'crop=trunc(iw/2)*2:trunc(ih/2)*2,'   # H.264 4:2:0 needs even sizes
+    crop = (pre + ',' if pre else '') + crop
     vcut = f',trim=end_frame={int(round(end * cfg.fps))}' if end is not None else ''
     vspan, aspan, args = span_graph(span, cfg.fps) if span else ('', '', ['-i', ffpath(src)])
     g = [f"[0:v]{vspan}{crop}setpts=PTS-STARTPTS,fps={cfg.fps}{vcut},format=yuv420p" + (f",split={len(vouts)}" if len(vouts) > 1 else '')
@@ -74,7 +76,7 @@ def convert_command(src, outs: dict, cfg: ConvertConfig, box: dict|None = None, 
         shift = (f",adelay=delays={int(round(offset * (sample_rate or 48000)))}S:all=1" if offset > 5e-4 else
                  f",atrim=start={-offset:.6f},asetpts=PTS-STARTPTS" if offset < -5e-4 else '')
         acut = f',atrim=end={end:.6f}' if end is not None else ''
-        g.append(f"[0:a]{aspan}asetpts=PTS-STARTPTS{shift}{acut}" + (f",asplit={len(aouts)}" if len(aouts) > 1 else '')
+        g.append(f"[0:a{':' + str(span.get('track', 0)) if span else ''}]{aspan}asetpts=PTS-STARTPTS{shift}{acut}" + (f",asplit={len(aouts)}" if len(aouts) > 1 else '')
                  + ''.join(f'[a_{k}]' for k in aouts))
         if 'wav' in outs:
             mono = 'pan=mono|c0=0.5*c0+0.5*c1' if channels == 2 else 'aformat=channel_layouts=mono'
@@ -126,15 +128,16 @@ def convert_outputs(clip: str, layout: Layout, cfg: ConvertConfig) -> dict:
 
 # %% ../nbs/06_convert.ipynb #8fd2bfe2
 def _rotated_match(box: dict, info) -> bool:
-    return (box.get('width'), box.get('height')) == (info.height, info.width)   # a rotated phone video: boxes are upright
+    return (box.get('width'), box.get('height')) == square_size(info)[::-1]   # a rotated phone video: boxes are upright
 
 # %% ../nbs/06_convert.ipynb #e1c8266b
 def check_input(src, info, box: dict|None, cfg: ConvertConfig):
     "Raise when `src` can't be converted with `cfg`: no video, no audio where audio is asked for, a box made for another size."
     if not info.has_video: raise BadInput(src, 'no video stream')
     if not info.has_audio and cfg.convert_audio: raise BadInput(src, 'no audio stream', 'the dataset needs speech; the filter stage drops such clips')
-    if box and (box.get('width'), box.get('height')) != (info.width, info.height) and not _rotated_match(box, info):
-        raise TalkfaceError(src, f"the crop box was made for a {box.get('width')}x{box.get('height')} video, this one is {info.width}x{info.height}",
+    w, h = square_size(info)                                   # boxes are found on square pixels
+    if box and (box.get('width'), box.get('height')) != (w, h) and not _rotated_match(box, info):
+        raise TalkfaceError(src, f"the crop box was made for a {box.get('width')}x{box.get('height')} video, this one is {w}x{h}",
                             'run talkface crop again')
 
 # %% ../nbs/06_convert.ipynb #62d9df6e
@@ -160,8 +163,9 @@ def span_probe(box: dict) -> Probe:
 def _run_pass(src, info, tmp: dict, cfg: ConvertConfig, box: dict|None, end, scratch: Path) -> int:
     "Run the one ffmpeg pass into the temporary outputs `tmp`; the frame count they agree on."
     if 'video' not in tmp and 'frames' not in tmp: tmp['count'] = scratch / 'count.raw'
+    span = box.get('span') if box else None                   # a fused run's clip: a time range of its source, which has its own filters
     cmd = convert_command(src, tmp, cfg, box, info.channels, info.audio_start - info.video_start, info.has_audio, info.sample_rate, end,
-                          span=box.get('span') if box else None)
+                          span['pre'] if span else square_filter(info), span=span)
     limit = max(600, 30 * info.duration)
     if 'frames' in tmp: n_png = write_png_frames(ffmpeg_frames(cmd, src, limit, 'convert'), tmp['frames'])
     else: run_ffmpeg(cmd, src, limit, 'convert')
@@ -187,7 +191,7 @@ def convert_clip(clip: str, layout: Layout, cfg: ConvertConfig = ConvertConfig()
         tmp = {k: st.enter_context(atomic_path(p, is_dir=(k == 'frames'))) for k, p in outs.items()}
         scratch = Path(st.enter_context(tempfile.TemporaryDirectory(dir=layout.root if layout.root.exists() else None, prefix='.convert.tmp-')))
         n = _run_pass(src, info, tmp, cfg, box, end, scratch)
-        fig = dict(source=str(src), cropped=bool(box), side=box['out_size'] if box else info.width, frames=n,
+        fig = dict(source=str(src), cropped=bool(box), side=box['out_size'] if box else square_size(info)[0], frames=n,
                    png=n if 'frames' in tmp else None, fps=cfg.fps)
         if info.has_audio:
             fig['audio_duration'], fig['audio_offset'] = round(info.audio_duration, 4), round(info.audio_start - info.video_start, 4)

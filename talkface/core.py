@@ -11,15 +11,15 @@ from typing import Any, Callable, Iterable, Iterator
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['DISK_FULL', 'STATUSES', 'log', 'VIDEO_EXTS', 'AUDIO_EXTS', 'IMAGE_EXTS', 'ID_BYTES', 'TAKES', 'FOLDERS', 'TMP_TAG',
-           'FICLONE', 'COLUMNS', 'VOLATILE', 'FPS', 'SR', 'STAGES', 'X264_PRESETS', 'shown', 'TalkfaceError',
+__all__ = ['DISK_FULL', 'STATUSES', 'log', 'VIDEO_EXTS', 'AUDIO_EXTS', 'IMAGE_EXTS', 'ID_BYTES', 'TAKES', 'VIDEO_LIKE', 'FOLDERS',
+           'TMP_TAG', 'FICLONE', 'COLUMNS', 'VOLATILE', 'FPS', 'SR', 'STAGES', 'X264_PRESETS', 'shown', 'TalkfaceError',
            'BadInput', 'MissingWeights', 'Skip', 'OutOfSpace', 'StageResult', 'ok', 'skipped', 'failed', 'run_stage',
-           'clip_id', 'made_clips', 'discover', 'Layout', 'tmp_name', 'atomic_path', 'write_bytes', 'write_text',
-           'write_json', 'save_npy', 'clean_tmp', 'link_or_copy', 'is_complete', 'size_of', 'is_done', 'Manifest',
-           'replay', 'shaping', 'fingerprint', 'input_changed', 'previous', 'progress', 'run_each', 'setup_logging',
-           'package_dir', 'weights_dir', 'require_weights', 'wheel_file', 'feats_per_frame', 'n_video_frames',
-           'fit_length', 'frame_window', 'check_alignment', 'Stage', 'register', 'load_stages', 'stage_order',
-           'type_ok', 'check_settings']
+           'clip_id', 'made_clips', 'discover', 'walk_entries', 'input_ids', 'find_inputs', 'Layout', 'tmp_name',
+           'atomic_path', 'write_bytes', 'write_text', 'write_json', 'save_npy', 'clean_tmp', 'link_or_copy',
+           'is_complete', 'size_of', 'is_done', 'Manifest', 'replay', 'shaping', 'fingerprint', 'input_changed',
+           'previous', 'progress', 'run_each', 'setup_logging', 'package_dir', 'weights_dir', 'require_weights',
+           'wheel_file', 'feats_per_frame', 'n_video_frames', 'fit_length', 'frame_window', 'check_alignment', 'Stage',
+           'register', 'load_stages', 'stage_order', 'type_ok', 'check_settings']
 
 # %% ../nbs/00_core.ipynb #f67a4892
 os.environ.setdefault('ORT_DISABLE_TELEMETRY', '1')
@@ -149,6 +149,59 @@ def discover(src, takes='video') -> dict[str, Path]:
             cid = f"{cid}_{p.suffix.lower().lstrip('.')}"
         out[cid] = p.resolve()
     return out
+
+# %% ../nbs/00_core.ipynb #a4434ac3
+VIDEO_LIKE = VIDEO_EXTS + ('.ts', '.mts', '.m2ts', '.m4v', '.flv', '.mpg', '.mpeg', '.3gp', '.wmv', '.vob', '.ogv')   # names that promise a video
+
+def _talkface_root(d: Path) -> bool: return (d / 'manifest.sqlite').exists() or (d / '.talkface.lock').exists()
+
+# %% ../nbs/00_core.ipynb #5ccfc1fb
+def walk_entries(src, skip=()) -> tuple[list[Path], dict[Path, str]]:
+    "The files under folder `src` to try (sub-folders walked, links to folders once; `skip` and talkface roots never), and `{entry: why it gets a line unread}`."
+    src, files, lines = Path(src), [], {}
+    seen, skip = {os.path.realpath(src)}, {os.path.realpath(p) for p in skip}
+    for top, dirs, names in os.walk(src, followlinks=True):
+        keep = []
+        for d in sorted(dirs):
+            p, real = Path(top, d), os.path.realpath(Path(top, d))
+            if real in seen or real in skip or _talkface_root(p): continue    # a loop, the output root, another dataset
+            seen.add(real)
+            if d.startswith('.'): lines[p] = 'hidden folder (not walked)'
+            else: keep.append(d)
+            if not d.startswith('.') and Path(d).suffix.lower() in VIDEO_LIKE:
+                lines[p] = 'a folder, not a video (its files are listed on their own)'
+        dirs[:] = keep
+        for n in names:
+            p = Path(top, n)
+            if p.is_symlink() and not p.exists(): lines[p] = f'broken link to {shown(os.readlink(p))}'
+            elif n.startswith('.'): lines[p] = 'hidden file'
+            elif not p.is_file(): lines[p] = 'not a regular file'
+            else: files.append(p)
+    return sorted(files), lines
+
+# %% ../nbs/00_core.ipynb #3f066ff4
+def input_ids(src, paths) -> dict[Path, str]:
+    "A unique clip id for each path under folder `src`: a top-level file's as `discover` gives it, a deeper one's from its path with `__` between the parts; a clash gets the extension, then a hash."
+    src = Path(src)
+    base = {p: clip_id('__'.join(p.relative_to(src).parts)) for p in paths}
+    out, taken = {}, set()
+    for p in sorted(paths):
+        cid = base[p]
+        if cid in taken or any(cid.startswith(o + '-Scene-') for o in base.values() if o != cid):
+            cid = f"{cid}_{p.suffix.lower().lstrip('.')}"
+        if cid in taken: cid = clip_id(f"{cid}~{hashlib.blake2b(os.fsencode(p), digest_size=4).hexdigest()}.x")
+        out[p] = cid
+        taken.add(cid)
+    return out
+
+# %% ../nbs/00_core.ipynb #557489da
+def find_inputs(src, skip=()) -> tuple[dict[str, Path], dict[str, tuple[Path, str]]]:
+    "Every file under `src` (a folder, walked; or one file): `{clip id: path}` to try as videos, and `{clip id: (entry, reason)}` for the lines without work."
+    src = Path(src)
+    if not src.is_dir(): return discover(src), {}
+    files, lines = walk_entries(src, skip)
+    ids = input_ids(src, files + list(lines))
+    return {ids[p]: p.resolve() for p in files}, {ids[p]: (p, why) for p, why in lines.items()}
 
 # %% ../nbs/00_core.ipynb #41d3e65b
 FOLDERS: dict[str, str] = {}   # layout kind -> its default folder under the root, from the stages' declarations

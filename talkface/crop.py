@@ -11,7 +11,7 @@ import numpy as np
 from fastcore.basics import patch
 from .core import X264_PRESETS, BadInput, Layout, Skip, Stage, StageResult, atomic_path, ok, register, skipped, write_json
 from .faces import drop_small, get_detector, largest
-from .media import ffpath, frames, probe, run_ffmpeg
+from .media import ffpath, frames, probe, run_ffmpeg, square_filter, square_size
 
 # %% auto #0
 __all__ = ['CropConfig', 'SampledFaces', 'sample_boxes', 'Square', 'square_box', 'drift', 'CropBox', 'box_from_samples',
@@ -47,11 +47,11 @@ class SampledFaces:
     height: int
 
 # %% ../nbs/05_crop.ipynb #f7e980fb
-def sample_boxes(path, cfg: CropConfig = CropConfig()) -> SampledFaces:
-    "The largest face box (x1, y1, x2, y2) on every `skip_per_frame`-th frame, with the face counts and the frame size."
+def sample_boxes(path, cfg: CropConfig = CropConfig(), size=None) -> SampledFaces:
+    "The largest face box (x1, y1, x2, y2) on every `skip_per_frame`-th frame (scaled to `size`: square pixels), with the face counts and the frame size."
     det = get_detector(cfg.detector, cfg.device, max_side=cfg.det_side)
     idx, boxes, counts, shape = [], [], [], None
-    for f in frames(path, step=max(1, int(cfg.skip_per_frame)), keyframes_only=True):
+    for f in frames(path, step=max(1, int(cfg.skip_per_frame)), keyframes_only=True, size=size):
         shape = f.image.shape[:2]
         b = drop_small(det.detect(f.image))
         counts.append(len(b))
@@ -176,10 +176,10 @@ def box_from_samples(sb: SampledFaces, cfg: CropConfig, src) -> CropBox:
                    face_ratio=round(len(sb.frames) / n, 4))
 
 # %% ../nbs/05_crop.ipynb #b84c4242
-def find_crop_box(path, cfg: CropConfig = CropConfig()) -> CropBox:
-    "Detect, square and measure drift for clip `path`; raises `Skip` when no face is found."
+def find_crop_box(path, cfg: CropConfig = CropConfig(), info=None) -> CropBox:
+    "Detect, square and measure drift for clip `path` (on square pixels, from its probe `info`); raises `Skip` when no face is found."
     t0 = time.perf_counter()
-    box = box_from_samples(sample_boxes(path, cfg), cfg, path)
+    box = box_from_samples(sample_boxes(path, cfg, square_size(info) if info is not None else None), cfg, path)
     box.seconds = round(time.perf_counter() - t0, 3)
     return box
 
@@ -203,9 +203,9 @@ def plot_crop(path, box: CropBox, ax=None, ax2=None):
     return ax, ax2
 
 # %% ../nbs/05_crop.ipynb #98a65f44
-def crop_command(src, box: CropBox, dest, cfg: CropConfig, audio_codec: str = '') -> list:
-    "ffmpeg arguments that crop `src` to `box` into `dest` (audio copied when mp4 can hold it)."
-    a = ['-i', ffpath(src), '-map', '0:v:0', '-map', '0:a:0?', '-vf', box.filter + ',format=yuv420p',
+def crop_command(src, box: CropBox, dest, cfg: CropConfig, audio_codec: str = '', pre: str = '') -> list:
+    "ffmpeg arguments that crop `src` to `box` into `dest` after the filters `pre` (`media.square_filter`); audio copied when mp4 can hold it."
+    a = ['-i', ffpath(src), '-map', '0:v:0', '-map', '0:a:0?', '-vf', (pre + ',' if pre else '') + box.filter + ',format=yuv420p',
          '-c:v', 'libx264', '-preset', cfg.preset, '-crf', str(cfg.crf)]
     a += ['-c:a', 'copy'] if audio_codec in ('aac', 'mp3', 'alac', 'opus', 'ac3') else ['-c:a', 'aac', '-b:a', '128k']
     return a + ['-map_metadata', '-1', '-f', 'mp4', ffpath(dest)]
@@ -229,14 +229,14 @@ def crop_clip(clip: str, layout: Layout, cfg: CropConfig = CropConfig(), src=Non
     js, mp4 = layout.path('cropped', clip, '.json'), layout.path('cropped', clip, '.mp4')
     info = probe(src)
     if not info.has_video: raise BadInput(src, 'no video stream')
-    box = find_crop_box(src, cfg)
+    box = find_crop_box(src, cfg, info)
     box.clip, box.fps, box.n_frames, box.encoded = clip, round(info.fps, 4), info.n_frames, bool(cfg.encode)
     if why := drift_verdict(box, cfg, src.name):
         for p in (mp4, js): p.unlink(missing_ok=True)
         return skipped(why, **box.figures())
     if cfg.encode:
         with atomic_path(mp4) as tmp:
-            run_ffmpeg(crop_command(src, box, tmp, cfg, info.audio_codec), src, timeout=max(600, 20 * info.duration), what='crop')
+            run_ffmpeg(crop_command(src, box, tmp, cfg, info.audio_codec, square_filter(info)), src, timeout=max(600, 20 * info.duration), what='crop')
     else: mp4.unlink(missing_ok=True)     # a stale cropped video must not shadow the new box
     write_json(js, box)
     return ok(crop_outputs(clip, layout, cfg), **box.figures())

@@ -15,8 +15,8 @@ from .vad import speech_ratio
 
 # %% auto #0
 __all__ = ['SCORE_KEYS', 'PLOTTED', 'FilterConfig', 'laplacian_var', 'blur_region', 'sample_step', 'hands_backend', 'frame_blur',
-           'face_scores', 'measure', 'decide', 'stored_scores', 'filter_clip', 'plot_scores', 'prepare_filter',
-           'expect_filter']
+           'motion_score', 'face_scores', 'measure', 'decide', 'stored_scores', 'filter_clip', 'plot_scores',
+           'prepare_filter', 'expect_filter']
 
 # %% ../nbs/04_filters.ipynb #4533f712
 @dataclass
@@ -29,6 +29,7 @@ class FilterConfig:
     max_faces: int = 0               # drop clips where a sampled frame has more faces (0: any number; crop takes the largest)
     min_blur: float = 20.0           # Laplacian variance of the face (the original blur_detection.py threshold)
     min_speech_ratio: float = 0.1    # fraction of the audio that Silero VAD calls speech
+    min_motion: float = 0.5          # median gray change (0-255) of the face between sampled frames: below, a still picture (0: off)
     max_hand_ratio: float = 0.0      # drop clips with hands in more sampled frames than this (0: off)
     sample_every: float = 1.0        # seconds between sampled frames
     max_samples: int = 30            # sampled frames per clip, at most
@@ -73,6 +74,17 @@ def frame_blur(image: np.ndarray, boxes) -> float:
     "The blur score of one sampled frame: the Laplacian variance of its largest face (of the centre half when it has none)."
     return laplacian_var(blur_region(image, largest(boxes)[:4] if len(boxes) else None))
 
+# %% ../nbs/04_filters.ipynb #485ec638
+def motion_score(images: list, boxes: list, side: int = 64) -> float|None:
+    "Median over consecutive sampled frames of the mean absolute gray difference (0-255) inside the first one's largest face box; None with fewer than two frames."
+    import cv2
+    d = []
+    for a, b, bx in zip(images, images[1:], boxes):
+        box = bx[int(np.argmax((bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])))][:4] if len(bx) else None
+        ga, gb = (cv2.resize(blur_region(x, box), (side, side), interpolation=cv2.INTER_AREA).astype(np.float32) for x in (a, b))
+        d.append(float(np.abs(ga - gb).mean()))
+    return round(float(np.median(d)), 3) if d else None
+
 # %% ../nbs/04_filters.ipynb #75624e82
 def face_scores(boxes: list, blurs: list) -> dict:
     "Face ratio, most faces, median face height and median blur of the sampled frames, from each one's face boxes and blur score."
@@ -99,7 +111,7 @@ def measure(path, cfg: FilterConfig = FilterConfig()) -> dict:
         images = [f.image for f in frames(p, step=step, keyframes_only=True)]
         det = get_detector(cfg.detector, cfg.device, max_side=cfg.det_side)
         boxes = [drop_small(det.detect(f)) for f in images]
-        s.update(face_scores(boxes, [frame_blur(f, b) for f, b in zip(images, boxes)]))
+        s.update(face_scores(boxes, [frame_blur(f, b) for f, b in zip(images, boxes)]), motion=motion_score(images, boxes))
     s['speech_ratio'] = round(float(speech_ratio(p)), 4) if info.has_audio else 0.0
     hands, why = hands_backend(cfg)
     s['hand_ratio'] = round(float(np.mean([has_hand(hands, f) for f in images])), 4) if (hands and images) else None
@@ -128,6 +140,8 @@ def decide(scores: dict, cfg: FilterConfig = FilterConfig()) -> tuple[bool, str]
             why.append(f"{s['faces_max']} faces in one frame (> {cfg.max_faces})")
         if cfg.min_blur and s.get('blur', 0) < cfg.min_blur:
             why.append(f"blurry: Laplacian variance {s.get('blur', 0):.1f} < {cfg.min_blur:g}")
+    if cfg.min_motion and s.get('motion') is not None and s['motion'] < cfg.min_motion:
+        why.append(f"static video: the picture barely moves (motion {s['motion']:.2f} < {cfg.min_motion:g})")
     if s.get('has_audio') and cfg.min_speech_ratio and s.get('speech_ratio', 0) < cfg.min_speech_ratio:
         why.append(f"little speech: {s.get('speech_ratio', 0):.0%} of the audio (< {cfg.min_speech_ratio:.0%})")
     if cfg.max_hand_ratio and s.get('hand_ratio') is not None and s['hand_ratio'] > cfg.max_hand_ratio:
@@ -137,7 +151,7 @@ def decide(scores: dict, cfg: FilterConfig = FilterConfig()) -> tuple[bool, str]
 # %% ../nbs/04_filters.ipynb #c5919ac2
 SCORE_KEYS = ('duration', 'size_kb', 'has_video', 'has_audio', 'fps', 'width', 'height', 'n_frames', 'n_sampled',
               'face_ratio', 'faces_max', 'face_size', 'blur', 'speech_ratio', 'hand_ratio', 'hands_reason',
-              'source_size', 'source_mtime')
+              'source_size', 'source_mtime', 'motion')
 
 def stored_scores(figures: dict|None, src) -> dict|None:
     "Scores from a manifest row's figures, when they were computed on this very file (same size and mtime)."

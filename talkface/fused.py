@@ -5,20 +5,21 @@
 # %% ../nbs/10c_fused.ipynb #2620cff8
 from __future__ import annotations
 import collections, dataclasses, time
+import cv2
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .core import BadInput, Layout, Skip, StageResult, TalkfaceError, clip_id, ok, skipped, write_json
 from .faces import drop_small, get_detector, has_hand, largest
-from .media import bgr_image, ffpath, new_scaler, probe, rotate_image, rotation, run_ffmpeg
+from .media import bgr_image, ffpath, new_scaler, probe, rotate_image, rotation, run_ffmpeg, square_filter, square_size
 from .vad import speech_ratio
-from .scenes import Cuts, ScenesConfig, copies_whole, detect_cuts, frame_clock, record_path, round_ts, scene_name, scene_times
-from .filters import FilterConfig, decide, face_scores, frame_blur, hands_backend, measure, sample_step
+from .scenes import Cuts, ScenesConfig, copies_whole, detect_cuts, find_combing, probe_input, speech_track, split_figures, frame_clock, record_path, round_ts, scene_name, scene_times
+from .filters import FilterConfig, decide, face_scores, frame_blur, hands_backend, measure, motion_score, sample_step
 from .crop import CropConfig, SampledFaces, box_from_samples, drift_verdict, sample_boxes
 
 # %% auto #0
-__all__ = ['sample_slots', 'Look', 'looker', 'Scene', 'SceneSampler', 'scene_span', 'source_speech', 'span_speech',
+__all__ = ['SMALL', 'sample_slots', 'Look', 'looker', 'Scene', 'SceneSampler', 'scene_span', 'source_speech', 'span_speech',
            'scene_scores', 'scene_faces', 'crop_row', 'scene_rows', 'frame_size', 'sampled', 'scan_source']
 
 # %% ../nbs/10c_fused.ipynb #fe2e2e89
@@ -33,26 +34,30 @@ def sample_slots(n_frames: int, step: int, keyint: int = 25) -> list[int]:
     return out
 
 # %% ../nbs/10c_fused.ipynb #79c53c0a
+SMALL = 4   # pass 1 keeps each sampled frame gray at a quarter of its size: what the filter's motion score compares
+
 @dataclass
 class Look:
-    "What pass 1 measured on one sampled frame at full size: the filter's faces, the crop's faces, the blur score, a hand (None: not scored)."
+    "What pass 1 measured on one sampled frame at full size: the filter's faces, the crop's faces, the blur score, a hand (None: not scored), the frame gray at 1/`SMALL` size."
     faces: np.ndarray
     crop_faces: np.ndarray
     blur: float
     hand: bool|None
+    small: np.ndarray
 
 # %% ../nbs/10c_fused.ipynb #941ba4dc
-def looker(fcfg: FilterConfig, ccfg: CropConfig):
-    "`look(decoded frame) -> Look` with the filter's and the crop's detectors, and why hands are not scored ('' when they are)."
+def looker(fcfg: FilterConfig, ccfg: CropConfig, size: tuple|None = None):
+    "`look(decoded frame) -> Look` with the filter's and the crop's detectors, on frames scaled to `size` (square pixels; None: as stored), and why hands are not scored ('' when they are)."
     fdet = get_detector(fcfg.detector, fcfg.device, max_side=fcfg.det_side)
     cdet = get_detector(ccfg.detector, ccfg.device, max_side=ccfg.det_side)
     hands, why = hands_backend(fcfg)
     scaler = new_scaler()
     def look(decoded) -> Look:
-        img = rotate_image(bgr_image(decoded, None, scaler, planar=True), decoded.rotation)   # as frames(keyframes_only=True) makes it
+        img = rotate_image(bgr_image(decoded, size, scaler, planar=True), decoded.rotation)   # as frames(keyframes_only=True) makes it
         faces = drop_small(fdet.detect(img))
         crop_faces = faces if cdet is fdet else drop_small(cdet.detect(img))
-        return Look(faces, crop_faces, frame_blur(img, faces), has_hand(hands, img) if hands else None)
+        small = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), (img.shape[1] // SMALL, img.shape[0] // SMALL), interpolation=cv2.INTER_AREA)
+        return Look(faces, crop_faces, frame_blur(img, faces), has_hand(hands, img) if hands else None, small)
     return look, why
 
 # %% ../nbs/10c_fused.ipynb #de7278b6
@@ -117,22 +122,22 @@ def finish(self: SceneSampler, cuts: Cuts, src) -> list[Scene]:
 
 # %% ../nbs/10c_fused.ipynb #4773b085
 def scene_span(src, info, cuts: Cuts, a: int, b: int, n_frames: int, fps: int = 25) -> dict:
-    "Scene [a, b) of `src` (frames) as a time range on the source's clock, with its sound, for `convert.span_graph`."
+    "Scene [a, b) of `src` (frames) as a time range on the source's clock, with its sound (of audio stream `info.audio_track`) and the filters its frames need (`media.square_filter`), for `convert.span_graph`."
     at, dt = frame_clock(cuts, info.video_start)
     def mid(i): return (at(i - 1) + at(i)) / 2               # where the split trims: between two frames
     s, e = at(a), at(b)
     a0, a1 = max(s, info.audio_start), min(e, info.audio_start + info.audio_duration)
     voiced = info.has_audio and s + dt <= a1 and a1 > a0
     return dict(source=str(src), start=s, end=e, trim_start=mid(a) if a > 0 else None, trim_end=mid(b) if b < cuts.n_frames else None,
-                n_frames=n_frames, fps=fps, has_audio=bool(voiced), sample_rate=info.sample_rate, channels=info.channels,
-                audio_start=a0 - s if voiced else 0.0, audio_duration=a1 - a0 if voiced else 0.0)
+                n_frames=n_frames, fps=fps, pre=square_filter(info), track=info.audio_track, has_audio=bool(voiced),
+                sample_rate=info.sample_rate, channels=info.channels, audio_start=a0 - s if voiced else 0.0, audio_duration=a1 - a0 if voiced else 0.0)
 
 # %% ../nbs/10c_fused.ipynb #2dd0b90c
 def source_speech(src, info) -> np.ndarray:
-    "The sound of `src` as 16 kHz mono float32 (the VAD's input), from its first audio sample; empty when it has none."
+    "The sound of `src` (audio stream `info.audio_track`) as 16 kHz mono float32 (the VAD's input), from its first audio sample; empty when it has none."
     if not info.has_audio: return np.zeros(0, np.float32)
     mono = 'pan=mono|c0=0.5*c0+0.5*c1' if info.channels == 2 else 'aformat=channel_layouts=mono'
-    r = run_ffmpeg(['-i', ffpath(src), '-map', '0:a:0', '-af', f'{mono},aresample=16000:resampler=soxr', '-f', 'f32le', '-'],
+    r = run_ffmpeg(['-i', ffpath(src), '-map', f'0:a:{info.audio_track}', '-af', f'{mono},aresample=16000:resampler=soxr', '-f', 'f32le', '-'],
                    src, timeout=max(600, 5 * info.duration), what='audio decode')
     return np.frombuffer(r.stdout, np.float32)
 
@@ -153,6 +158,7 @@ def scene_scores(sc: Scene, span: dict, info, src, speech: float, size: tuple, f
              has_video=True, has_audio=span['has_audio'], audio_duration=round(span['audio_duration'], 4), fps=float(fps),
              width=size[0], height=size[1], n_frames=n, source_size=st.st_size, source_mtime=round(st.st_mtime, 3))
     s.update(face_scores([l.faces for l in looks], [l.blur for l in looks]))
+    s['motion'] = motion_score([l.small for l in looks], [l.faces[:, :4] / SMALL for l in looks])
     s['speech_ratio'] = round(speech, 4)
     hands = [l.hand for l in looks if l.hand is not None]
     s['hand_ratio'] = round(float(np.mean(hands)), 4) if hands else None
@@ -192,8 +198,9 @@ def scene_rows(clip: str, scores: dict, faces, span: dict, layout: Layout, fcfg:
 
 # %% ../nbs/10c_fused.ipynb #2585ee2c
 def frame_size(src, info) -> tuple[int, int]:
-    "The (width, height) of `src`'s frames as the scene split writes them: upright, cut to even sizes."
-    w, h = (info.height, info.width) if rotation(src) in (90, 270) else (info.width, info.height)
+    "The (width, height) of `src`'s frames as the scene split writes them: square pixels, upright, cut to even sizes."
+    w, h = square_size(info)
+    if rotation(src) in (90, 270): w, h = h, w
     return w // 2 * 2, h // 2 * 2
 
 # %% ../nbs/10c_fused.ipynb #6ef0cb1c
@@ -208,14 +215,14 @@ def scan_source(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     "Pass 1 of a fused run on the raw video `src`: its cuts, and each scene's filter decision and crop box, from one decode."
     src = Path(src)
     name = name or clip_id(src)
-    info = probe(src)
+    info = find_combing(src, speech_track(src, probe_input(src)))   # as the split sees it: pixel shape, scan, the audio track with speech
     if not info.has_video: raise BadInput(src, 'no video stream', 'scenes need a video')
     t0 = time.perf_counter()
-    look, hands_reason = looker(filter_cfg, crop_cfg)
+    look, hands_reason = looker(filter_cfg, crop_cfg, square_size(info) if square_size(info) != (info.width, info.height) else None)
     sampler = SceneSampler(look, sampled(filter_cfg, crop_cfg, cfg.keyint), cfg.fps)
     cuts = detect_cuts(src, cfg, sink=sampler)
     scenes, t1 = sampler.finish(cuts, src), time.perf_counter()
-    copied = not cuts.cuts and copies_whole(src, cfg)      # the split would copy the file: the stages would measure the file itself
+    copied = not cuts.cuts and copies_whole(src, cfg, info)      # the split would copy the file: the stages would measure the file itself
     audio, size = None if copied else source_speech(src, info), frame_size(src, info)
     clips = [scene_name(name, k + 1) for k in range(len(scenes))]
     spans = [scene_span(src, info, cuts, a, b, sc.n_frames, cfg.fps) for sc, (a, b) in zip(scenes, cuts.ranges)]
@@ -227,7 +234,7 @@ def scan_source(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     figures = dict(n_scenes=len(scenes), cuts=cuts.cuts, cut_times=cuts.cut_times, n_frames=cuts.n_frames, fps=round(cuts.fps, 4),
                    duration=round(info.duration, 4), scene_times=scene_times(cuts), how='fused', clips=clips,
                    scenes_without_audio=[k + 1 for k, sp in enumerate(spans) if not sp['has_audio']], detect_s=round(t1 - t0, 3),
-                   measure_s=round(time.perf_counter() - t1, 3))
+                   measure_s=round(time.perf_counter() - t1, 3), **split_figures(info))
     rec = write_json(record_path(layout, name), dict(source=str(src), outputs=[], ranges=cuts.ranges, clips=clips, figures=figures))
     res = ok([rec], **figures)
     res.children = rows

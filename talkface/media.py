@@ -16,10 +16,11 @@ from .core import BadInput, IMAGE_EXTS, OutOfSpace, TalkfaceError, log, package_
 # %% auto #0
 __all__ = ['FFMPEG_MIN', 'PPM_PIPE', 'real_sample', 'pinned_ffmpeg', 'ffmpeg_exe', 'ffpath', 'ffmpeg_timeout', 'worker_threads',
            'run_ffmpeg', 'ffmpeg_version', 'release', 'check_ffmpeg', 'read_ppm', 'ffmpeg_frames', 'Probe',
-           'error_text', 'looks_like_text', 'av_source', 'probe', 'Frame', 'plane', 'scaled_size', 'rotate_image',
-           'new_scaler', 'bgr_image', 'luma_image', 'video_stream', 'packet_pts', 'keyframes', 'frame_rate',
-           'frame_files', 'prefetch', 'frames', 'iter_frames', 'read_frame', 'yuv420_planes', 'color_tags', 'rotation',
-           'FrameReader', 'FrameWriter', 'decode_audio', 'resample', 'Audio', 'read_audio', 'load_audio', 'save_wav']
+           'error_text', 'looks_like_text', 'av_source', 'probe', 'square_size', 'square_filter', 'find_combing',
+           'Frame', 'plane', 'scaled_size', 'rotate_image', 'new_scaler', 'bgr_image', 'luma_image', 'video_stream',
+           'packet_pts', 'keyframes', 'frame_rate', 'frame_files', 'prefetch', 'frames', 'iter_frames', 'read_frame',
+           'yuv420_planes', 'color_tags', 'rotation', 'FrameReader', 'FrameWriter', 'decode_audio', 'resample', 'Audio',
+           'read_audio', 'load_audio', 'read_track', 'save_wav']
 
 # %% ../nbs/01_media.ipynb #4131ccd3
 def real_sample() -> Path|None:
@@ -200,7 +201,14 @@ class Probe:
     audio_codec: str = ''
     audio_duration: float = 0.0
     audio_start: float = 0.0 # s
+    sar: float = 1.0         # sample aspect ratio: a stored pixel's width over its height (1: square pixels)
+    field_order: str = ''    # what the stream says: 'progressive', 'tt', 'bb', 'tb', 'bt' ('': it does not say)
+    interlaced: str = ''     # '' progressive as far as known, 'stream' (its field order says so), 'detected' (`find_combing`)
+    audio_tracks: int = 0    # audio streams in the file
+    audio_track: int = 0     # the audio stream the audio fields describe (from 0)
     def dict(self): return asdict(self)
+
+_FIELDS = {1: 'progressive', 2: 'tt', 3: 'bb', 4: 'tb', 5: 'bt'}   # FFmpeg's AVFieldOrder (0: unknown)
 
 _PLAIN = {'Invalid data found when processing input': 'damaged, or not a media file (invalid data at the start)'}
 
@@ -240,12 +248,12 @@ def _open(path):
         raise BadInput(p, f'not a readable media file ({why})') from None
 
 # %% ../nbs/01_media.ipynb #e445c21b
-def probe(path) -> Probe:
-    "Probe `path`: streams, exact frame count, fps, size, audio rate. Raises `BadInput` when unreadable."
+def probe(path, audio_track: int = 0) -> Probe:
+    "Probe `path`: streams, exact frame count, fps, size, pixel shape, scan, audio rate (of audio stream `audio_track`). Raises `BadInput` when unreadable."
     p = Path(path)
     with _open(p) as c:
         v = c.streams.video[0] if c.streams.video else None
-        a = c.streams.audio[0] if c.streams.audio else None
+        a = c.streams.audio[min(audio_track, len(c.streams.audio) - 1)] if c.streams.audio else None
         if v is None and a is None: raise BadInput(p, 'no video or audio stream')
         info = Probe(str(p), p.stat().st_size, 0.0, v is not None, a is not None)
         if v is not None:
@@ -254,6 +262,10 @@ def probe(path) -> Probe:
             info.fps = float(rate) if rate else 0.0
             info.width, info.height, info.video_codec = cc.width, cc.height, cc.name
             info.pix_fmt = v.format.name if v.format else ''
+            sar = v.sample_aspect_ratio or cc.sample_aspect_ratio
+            info.sar = float(sar) if sar else 1.0
+            info.field_order = _FIELDS.get(int(cc.field_order or 0), '')
+            info.interlaced = 'stream' if info.field_order not in ('', 'progressive') else ''
             n, last = 0, 0.0
             try:
                 for pkt in c.demux(v):
@@ -268,10 +280,43 @@ def probe(path) -> Probe:
             info.video_duration = max(last - start, 0.0) or n / (info.fps or 25)
         if a is not None:
             info.sample_rate, info.channels, info.audio_codec = a.rate or 0, a.channels or 0, a.codec_context.name
+            info.audio_tracks, info.audio_track = len(c.streams.audio), list(c.streams.audio).index(a)
             info.audio_start = float(a.start_time * a.time_base) if a.start_time is not None else 0.0
             if a.duration is not None: info.audio_duration = float(a.duration * a.time_base)
             elif c.duration: info.audio_duration = c.duration / 1e6
         info.duration = max(info.video_duration, info.audio_duration)
+    return info
+
+# %% ../nbs/01_media.ipynb #ca2aaf19
+def square_size(info) -> tuple[int, int]:
+    "`info`'s frame size (w, h) with square pixels, in stored orientation (before rotation), even: the stored size when pixels are square."
+    w, h, sar = info.width, info.height, info.sar or 1.0
+    if abs(sar - 1) < 1e-3: return w, h
+    return (round(w * sar / 2) * 2, h // 2 * 2) if sar > 1 else (w // 2 * 2, round(h / sar / 2) * 2)
+
+# %% ../nbs/01_media.ipynb #41c9358e
+def square_filter(info, rotation: int|None = None) -> str:
+    "ffmpeg filters that make `info`'s video progressive and its pixels square ('' when it is both); `rotation`: raw piped frames, turned upright by that many degrees."
+    parts, sar = [], info.sar or 1.0
+    if info.interlaced: parts.append(f"bwdif=mode=send_frame:parity={'bff' if info.field_order in ('bb', 'tb') else 'tff'}")
+    if abs(sar - 1) >= 1e-3:
+        if rotation is not None:
+            q = Fraction(sar).limit_denominator(1000)
+            parts.append(f'setsar={(1 / q if int(rotation) % 180 else q)}')
+        parts.append("scale='if(gt(sar,1),round(iw*sar/2)*2,iw)':'if(lt(sar,1),round(ih/sar/2)*2,ih)',setsar=1")
+    return ','.join(parts)
+
+# %% ../nbs/01_media.ipynb #cedba74f
+def find_combing(path, info, frames: int = 150) -> Probe:
+    "`info` with `interlaced='detected'` (and the field order) when ffmpeg's `idet` finds combing in the first `frames` frames of a stream that does not say it is interlaced."
+    if info.interlaced or not info.has_video: return info
+    try: r = run_ffmpeg(['-loglevel', 'info', '-i', ffpath(path), '-map', '0:v:0', '-frames:v', frames, '-vf', 'idet', '-an', '-f', 'null', '-'],
+                        path, what='interlace check')
+    except TalkfaceError: return info          # a file ffmpeg cannot read this far fails later, with the stage's own reason
+    found = re.findall(r'Multi frame detection: TFF:\s*(\d+)\s+BFF:\s*(\d+)\s+Progressive:\s*(\d+)', r.stderr.decode('utf-8', 'replace'))
+    if not found: return info
+    tff, bff, prog = map(int, found[-1])
+    if tff + bff > max(2 * prog, 20): info.interlaced, info.field_order = 'detected', 'tt' if tff >= bff else 'bb'
     return info
 
 # %% ../nbs/01_media.ipynb #f377a284
@@ -738,6 +783,13 @@ def load_audio(path, sr: int = 16000, mono: bool = True) -> np.ndarray:
     if mono: return read_audio(path, sr).samples
     x, rate = decode_audio(path)
     return resample(x, rate, sr)
+
+# %% ../nbs/01_media.ipynb #1d91fd49
+def read_track(path, track: int = 0, seconds: float = 30.0, sr: int = 16000) -> np.ndarray:
+    "The first `seconds` of audio stream `track` of `path` as float32 mono samples at `sr` Hz (ffmpeg's downmix)."
+    r = run_ffmpeg(['-t', seconds, '-i', ffpath(path), '-map', f'0:a:{int(track)}', '-ac', 1, '-ar', sr, '-f', 'f32le', 'pipe:1'],
+                   path, what='audio track read')
+    return np.frombuffer(r.stdout, np.float32).copy()
 
 # %% ../nbs/01_media.ipynb #e7a8d05c
 def save_wav(dest, samples: np.ndarray, sr: int = 16000) -> Path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from .core import (BadInput, check_settings, Layout, Manifest, OutOfSpace, Stage, StageResult, TalkfaceError, clean_tmp, clip_id, discover,
-                           is_done, link_or_copy, load_stages, log, made_clips, progress, stage_order, write_json)
+                           find_inputs, is_done, link_or_copy, load_stages, log, made_clips, progress, shown, skipped, stage_order, write_json)
 from . import __version__
 from .devices import DeviceSpec, parse_device, placement
 from .engines import LocalEngine, RayEngine, Task, wants_gpu
@@ -18,8 +18,8 @@ from .engines import LocalEngine, RayEngine, Task, wants_gpu
 # %% auto #0
 __all__ = ['KEEPABLE', 'FUSED', 'RunConfig', 'stage_config', 'coerce', 'apply_settings', 'load_config', 'place', 'prepare',
            'check_input', 'redo_names', 'check', 'effective_after', 'plan', 'RunLock', 'check_writable', 'input_size',
-           'place_inputs', 'Driver', 'redo_stages', 'said', 'SettingsChanged', 'changed_setting', 'later_stages',
-           'discard', 'settle', 'spawnable', 'make_engine', 'fusable', 'fuse', 'run_pipeline']
+           'record_lines', 'place_inputs', 'Driver', 'redo_stages', 'said', 'SettingsChanged', 'changed_setting',
+           'later_stages', 'discard', 'settle', 'spawnable', 'make_engine', 'fusable', 'fuse', 'run_pipeline']
 
 # %% ../nbs/11_pipeline.ipynb #fcf35c9d
 @dataclass
@@ -208,10 +208,22 @@ def input_size(path) -> int:
     try: return os.stat(path).st_size
     except OSError: return 0
 
+# %% ../nbs/11_pipeline.ipynb #c65569ce
+def record_lines(manifest: Manifest, stage: str, lines: dict):
+    "A `skipped` row of `stage` for each entry `{clip id: (path, reason)}` that is not read, unless it is recorded so already."
+    for cid, (p, why) in lines.items():
+        reason = f'{shown(p.name)}: {why}'
+        prev = manifest.get(cid, stage)
+        if prev is None or (prev.status, prev.reason) != ('skipped', reason):
+            manifest.record(cid, stage, skipped(reason), source=shown(p))
+
 # %% ../nbs/11_pipeline.ipynb #ca88f41f
-def place_inputs(run: RunConfig, roots: list[Stage], layout: Layout) -> dict[str, Path]:
-    "The clips of `run.input`, put where the run's first stages read them."
-    inputs = discover(run.input, roots[0].takes)
+def place_inputs(run: RunConfig, roots: list[Stage], layout: Layout, manifest: Manifest|None = None) -> dict[str, Path]:
+    "The clips of `run.input`, put where the run's first stages read them; a run that starts by splitting tries every file under it (`find_inputs`), and records the entries it will not read."
+    if roots[0].fanout:
+        inputs, lines = find_inputs(run.input, skip=[layout.root])
+        if manifest is not None: record_lines(manifest, roots[0].name, lines)
+    else: inputs = discover(run.input, roots[0].takes)
     if not inputs: log.warning('%s: no input clips found', run.input)
     for s in roots:
         if s.fanout or not s.reads: continue
@@ -444,7 +456,7 @@ def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout
         layout, manifest = layout or Layout(root), Manifest(root)
         settle(run, stages, after, manifest)  # rows made with other settings: stop before any work
         roots = [s for s in stages if not after[s.name]]
-        inputs = place_inputs(run, roots, layout) if inputs is None else inputs
+        inputs = place_inputs(run, roots, layout, manifest) if inputs is None else inputs
         d = Driver(stages, after, layout, manifest, engine or make_engine(run, stages), run)
         d.fused = fused
         for cid, path in sorted(inputs.items(), key=lambda kv: -input_size(kv[1])):

@@ -10,14 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
-from .core import X264_PRESETS, BadInput, Layout, Stage, TalkfaceError, clip_id, link_or_copy, ok, register, tmp_name, write_json
-from .media import (FrameWriter, color_tags, ffpath, frame_rate, frames, new_scaler, probe, rotation, run_ffmpeg,
-                            yuv420_planes)
+from .core import (AUDIO_EXTS, IMAGE_EXTS, VIDEO_LIKE, X264_PRESETS, BadInput, Layout, Skip, Stage, TalkfaceError, clip_id,
+                           link_or_copy, ok, register, tmp_name, write_json)
+from .media import (FrameWriter, Probe, color_tags, ffpath, find_combing, frame_rate, frames, looks_like_text, new_scaler,
+                            probe, read_track, rotation, run_ffmpeg, square_filter, square_size, yuv420_planes)
+from .vad import speech_ratio
 
 # %% auto #0
 __all__ = ['ScenesConfig', 'Cuts', 'make_detector', 'detect_cuts', 'round_ts', 'frame_clock', 'split_command', 'audio_command',
            'ScenePipe', 'StreamSplit', 'read_last', 'cut_strip', 'scene_name', 'record_path', 'recorded_outputs',
-           'scene_times', 'copies_whole', 'scenes_clip', 'expect_scenes']
+           'scene_times', 'probe_input', 'speech_track', 'split_figures', 'copies_whole', 'scenes_clip',
+           'expect_scenes']
 
 # %% ../nbs/03_scenes.ipynb #ec6fc3d4
 @dataclass
@@ -101,12 +104,13 @@ def _audio_input(src, ranges: list, at, dt: float, offset: float, has_audio: boo
     return voiced, ['-copyts', *(['-ss', f'{seek:.4f}'] if seek > 0 else []), '-i', ffpath(src)]
 
 # %% ../nbs/03_scenes.ipynb #ba4a635e
-def _audio_graph(ranges: list, at, voiced: list) -> list:
-    "Filter-graph parts that cut input 0's audio to each voiced scene's frame times, as [oaJ]."
-    g = [f"[0:a]asplit={len(voiced)}" + ''.join(f'[a{j}]' for j in voiced)] if len(voiced) > 1 else []
+def _audio_graph(ranges: list, at, voiced: list, track: int = 0) -> list:
+    "Filter-graph parts that cut input 0's audio (stream `track`) to each voiced scene's frame times, as [oaJ]."
+    src = f'[0:a:{track}]' if track else '[0:a]'
+    g = [f"{src}asplit={len(voiced)}" + ''.join(f'[a{j}]' for j in voiced)] if len(voiced) > 1 else []
     for j in voiced:
         a, b = ranges[j]
-        g.append(f"{f'[a{j}]' if len(voiced) > 1 else '[0:a]'}atrim=start={at(a):.6f}:end={at(b):.6f},asetpts=PTS-STARTPTS[oa{j}]")
+        g.append(f"{f'[a{j}]' if len(voiced) > 1 else src}atrim=start={at(a):.6f}:end={at(b):.6f},asetpts=PTS-STARTPTS[oa{j}]")
     return g
 
 # %% ../nbs/03_scenes.ipynb #85812eca
@@ -115,8 +119,8 @@ def _even_crop(w: int, h: int) -> str:
 
 # %% ../nbs/03_scenes.ipynb #e1acace2
 def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig, width: int, height: int,
-                  has_audio: bool = True, audio_end: float = float('inf'), offset: float = 0.0) -> list:
-    "ffmpeg arguments that write scenes `ranges` ([start, end) frames) of `src` to `dests`; no audio where it ended (`audio_end`, s)."
+                  has_audio: bool = True, audio_end: float = float('inf'), offset: float = 0.0, track: int = 0) -> list:
+    "ffmpeg arguments that write scenes `ranges` ([start, end) frames) of `src` to `dests`, with audio stream `track`; no audio where it ended (`audio_end`, s)."
     at, dt = frame_clock(cuts, offset)
     n = cuts.n_frames
     def mid(i): return (at(i - 1) + at(i)) / 2
@@ -129,7 +133,7 @@ def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig,
         last = f',trim=end_frame={max(round_ts((at(b) - at(a)) * cfg.fps), 1)}' if b < n else ''   # as many frames as ScenePipe writes
         g.append(f"{vin}{'trim=' + lim + ',' if lim else ''}setpts=PTS-STARTPTS,fps={cfg.fps}{last}"
                  f"{_even_crop(width, height)},format=yuv420p[ov{j}]")
-    args += ['-filter_complex', ';'.join(g + _audio_graph(ranges, at, voiced))]
+    args += ['-filter_complex', ';'.join(g + _audio_graph(ranges, at, voiced, track))]
     for j, d in enumerate(dests):
         args += ['-map', f'[ov{j}]', '-c:v', 'libx264', '-threads', 1, '-preset', cfg.preset, '-crf', str(cfg.crf), '-g', str(cfg.keyint)]
         if j in voiced: args += ['-map', f'[oa{j}]', '-c:a', 'aac', '-b:a', '128k']
@@ -138,13 +142,13 @@ def split_command(src, cuts: Cuts, ranges: list, dests: list, cfg: ScenesConfig,
 
 # %% ../nbs/03_scenes.ipynb #f86da9f9
 def audio_command(src, cuts: Cuts, ranges: list, videos: list, dests: list, has_audio: bool = True,
-                  audio_end: float = float('inf'), offset: float = 0.0) -> list:
-    "ffmpeg arguments that write `dests`: the video-only scene files `videos` (copied) with `src`'s audio of their `ranges`."
+                  audio_end: float = float('inf'), offset: float = 0.0, track: int = 0) -> list:
+    "ffmpeg arguments that write `dests`: the video-only scene files `videos` (copied) with `src`'s audio (stream `track`) of their `ranges`."
     at, dt = frame_clock(cuts, offset)
     voiced, args = _audio_input(src, ranges, at, dt, offset, has_audio, audio_end)
     args = args if voiced else []
     for v in videos: args += ['-i', ffpath(v)]
-    if voiced: args += ['-filter_complex', ';'.join(_audio_graph(ranges, at, voiced))]
+    if voiced: args += ['-filter_complex', ';'.join(_audio_graph(ranges, at, voiced, track))]
     for j, d in enumerate(dests):
         args += ['-map', f'{j + bool(voiced)}:v', '-c:v', 'copy']
         if j in voiced: args += ['-map', f'[oa{j}]', '-c:a', 'aac', '-b:a', '128k']
@@ -155,10 +159,10 @@ def audio_command(src, cuts: Cuts, ranges: list, videos: list, dests: list, has_
 class ScenePipe:
     "One scene's video: raw 4:2:0 frames into a `FrameWriter` at `cfg.fps`, picked as ffmpeg's `fps` filter picks them."
     def __init__(self, dest, start: float, size: tuple, pix_fmt: str, cfg: ScenesConfig, src, tags: tuple = (),
-                 timeout: float|None = None):
+                 timeout: float|None = None, vf: str = ''):
         self.src, self.start, self.fps, self.size = src, start, cfg.fps, size
         self.slot, self.last = 0, None
-        out = ['-an', '-c:v', 'libx264', '-threads', 1, '-preset', cfg.preset, '-crf', cfg.crf, '-g', cfg.keyint, '-pix_fmt', 'yuv420p', '-f', 'mp4']
+        out = ['-an', *(['-vf', vf] if vf else []), '-c:v', 'libx264', '-threads', 1, '-preset', cfg.preset, '-crf', cfg.crf, '-g', cfg.keyint, '-pix_fmt', 'yuv420p', '-f', 'mp4']
         self.writer = FrameWriter(dest, size, cfg.fps, out, pix_fmt, tags, src=src, timeout=timeout, what='scene split', atomic=False)
 
 # %% ../nbs/03_scenes.ipynb #0cf3b98a
@@ -245,7 +249,8 @@ def _commit(self: StreamSplit, i: int, t: float, frame):
         elif i > 0: self._first_scene(i)
         video = tmp_name(self.dest_for(len(self.streamed) + 1 + bool(self.first))).with_suffix('.video.mp4')
         self.temps.append(video)
-        pipe = ScenePipe(video, t, planes[0].shape[::-1], fmt, self.cfg, self.src, color_tags(frame), self.limit)
+        pipe = ScenePipe(video, t, planes[0].shape[::-1], fmt, self.cfg, self.src, color_tags(frame), self.limit,
+                         square_filter(self.info, int(round(frame.rotation or 0))))
         self.streamed.append((i, pipe, video))
     self.streamed[-1][1].add(t, planes)
 
@@ -254,7 +259,7 @@ def _first_scene(self: StreamSplit, cut: int):
     "Scene 1 of a video that was to be copied whole: cut from the file in the background."
     info, cuts = self.info, Cuts([cut], [], len(self.times), self.info.fps or 25, np.array(self.times), None)
     args = split_command(self.src, cuts, [(0, cut)], [self._tmp(self.dest_for(1))], self.cfg, info.width, info.height,
-                         info.has_audio, self.audio_end, info.video_start)
+                         info.has_audio, self.audio_end, info.video_start, info.audio_track)
     self.first = self.pool.submit(run_ffmpeg, args, self.src, timeout=self.limit, what='scene split')
 
 # %% ../nbs/03_scenes.ipynb #642a4953
@@ -283,7 +288,7 @@ def _drain(self: StreamSplit):
         cuts = Cuts([], [], len(self.times), i.fps or 25, np.array(self.times), None)
         dests = [self._tmp(self.dest_for(k)) for k, *_ in batch]
         run_ffmpeg(audio_command(self.src, cuts, [(a, b) for _, a, b, _, _ in batch], [v for *_, v in batch], dests,
-                                 i.has_audio, self.audio_end, i.video_start), self.src, timeout=self.limit, what='scene audio')
+                                 i.has_audio, self.audio_end, i.video_start, i.audio_track), self.src, timeout=self.limit, what='scene audio')
 
 # %% ../nbs/03_scenes.ipynb #655d9821
 @patch
@@ -354,10 +359,44 @@ def scene_times(cuts: Cuts) -> list[list[float]]:
     t.append(t[-1] + 1 / (cuts.fps or 25) if t else 0.0)
     return [[round(t[a], 4), round(t[min(b, len(t) - 1)], 4)] for a, b in cuts.ranges]
 
+# %% ../nbs/03_scenes.ipynb #777d02af
+def probe_input(src) -> Probe:
+    "`probe(src)` for the first stage: a file not named like a video that holds no video is skipped ('not a video', and what it is), not failed."
+    src = Path(src)
+    suffix = src.suffix.lower()
+    if suffix in VIDEO_LIKE: return probe(src)
+    if suffix in IMAGE_EXTS + AUDIO_EXTS: raise Skip(src, f"not a video (a {'picture' if suffix in IMAGE_EXTS else 'sound file'})")
+    if src.is_file() and src.stat().st_size and looks_like_text(src): raise Skip(src, 'not a video (text)')
+    try: info = probe(src)
+    except BadInput as e: raise Skip(src, f'not a video ({e.reason})') from None
+    if not info.has_video: raise Skip(src, 'not a video (no video stream)')
+    return info
+
+# %% ../nbs/03_scenes.ipynb #a9c51142
+def speech_track(src, info, seconds: float = 30.0) -> Probe:
+    "`info` of the audio track with the most speech (VAD over the first `seconds` of each; ties: the first), when `src` has several."
+    if info.audio_tracks < 2: return info
+    speech = []
+    for k in range(info.audio_tracks):
+        try: speech.append(speech_ratio(read_track(src, k, seconds)))
+        except TalkfaceError: speech.append(-1.0)                # a track that does not decode is never chosen
+    best = int(np.argmax(speech))
+    return info if best == info.audio_track else probe(src, audio_track=best)
+
+# %% ../nbs/03_scenes.ipynb #6574e32f
+def split_figures(info) -> dict:
+    "What the split did to the input, for the scenes row: the pixel shape it made square, the deinterlacing, the audio track it took of several (nothing when none)."
+    f = {}
+    if abs((info.sar or 1.0) - 1) >= 1e-3: f.update(sar=round(info.sar, 4), square_size=list(square_size(info)))
+    if info.interlaced: f['deinterlaced'] = info.interlaced
+    if info.audio_tracks > 1: f.update(audio_track=info.audio_track, audio_tracks=info.audio_tracks)
+    return f
+
 # %% ../nbs/03_scenes.ipynb #80447cbe
-def copies_whole(src, cfg: ScenesConfig) -> bool:
-    "Whether a video without a cut is copied as its one scene, not re-encoded: an upright .mp4, with `copy_uncut`."
-    return cfg.copy_uncut and Path(src).suffix.lower() == '.mp4' and rotation(src) == 0
+def copies_whole(src, cfg: ScenesConfig, info) -> bool:
+    "Whether a video without a cut is copied as its one scene, not re-encoded: an upright .mp4 with square progressive pixels and one audio track (`info`), with `copy_uncut`."
+    return (cfg.copy_uncut and Path(src).suffix.lower() == '.mp4' and rotation(src) == 0 and not square_filter(info)
+            and info.audio_tracks < 2)
 
 # %% ../nbs/03_scenes.ipynb #764a0dbc
 def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: str|None = None):
@@ -365,10 +404,10 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     src = Path(src)
     name = name or clip_id(src)
     outdir = layout.dir('scenes')
-    info = probe(src)
+    info = find_combing(src, speech_track(src, probe_input(src)))
     if not info.has_video: raise BadInput(src, 'no video stream', 'scenes need a video')
     outdir.mkdir(parents=True, exist_ok=True)
-    copyable = copies_whole(src, cfg)
+    copyable = copies_whole(src, cfg, info)
     t0 = time.perf_counter()
     with StreamSplit(src, lambda k: layout.path('scenes', scene_name(name, k), '.mp4'), cfg, info, prefix=copyable) as sp:
         cuts = detect_cuts(src, cfg, sink=sp)                # the scenes are encoded during the detection's decode
@@ -383,7 +422,7 @@ def scenes_clip(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
         how = link_or_copy(src, dests[0])
     figures = dict(n_scenes=len(ranges), cuts=cuts.cuts, cut_times=cuts.cut_times, n_frames=cuts.n_frames,
                    fps=round(cuts.fps, 4), duration=round(info.duration, 4), scene_times=scene_times(cuts), how=how, scenes_without_audio=silent,
-                   detect_s=round(t1 - t0, 3), split_s=round(time.perf_counter() - t1, 3))
+                   detect_s=round(t1 - t0, 3), split_s=round(time.perf_counter() - t1, 3), **split_figures(info))
     for o in set(recorded_outputs(layout, name)) - {d.name for d in dests}: (outdir / o).unlink(missing_ok=True)
     write_json(record_path(layout, name), dict(source=str(src), outputs=[d.name for d in dests], ranges=ranges, figures=figures))
     return ok(dests, **figures)
