@@ -14,7 +14,7 @@ from .core import BadInput, Layout, Skip, StageResult, TalkfaceError, clip_id, o
 from .faces import drop_small, get_detector, has_hand, largest
 from .media import bgr_image, ffpath, new_scaler, probe, rotate_image, rotation, run_ffmpeg, square_filter, square_size
 from .vad import speech_ratio
-from .scenes import Cuts, ScenesConfig, copies_whole, detect_cuts, find_combing, probe_input, speech_track, split_figures, frame_clock, record_path, round_ts, scene_name, scene_times
+from .scenes import Cuts, ScenesConfig, copies_whole, detect_cuts, find_combing, probe_input, speech_track, split_figures, frame_clock, record_path, recorded_outputs, round_ts, scene_name, scene_times
 from .filters import FilterConfig, decide, face_scores, frame_blur, hands_backend, measure, motion_score, sample_step
 from .crop import CropConfig, SampledFaces, box_from_samples, drift_verdict, sample_boxes
 
@@ -235,6 +235,7 @@ def scan_source(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
                    duration=round(info.duration, 4), scene_times=scene_times(cuts), how='fused', clips=clips,
                    scenes_without_audio=[k + 1 for k, sp in enumerate(spans) if not sp['has_audio']], detect_s=round(t1 - t0, 3),
                    measure_s=round(time.perf_counter() - t1, 3), **split_figures(info))
+    for o in recorded_outputs(layout, name): (layout.dir('scenes') / o).unlink(missing_ok=True)   # scene files of an earlier split
     rec = write_json(record_path(layout, name), dict(source=str(src), outputs=[], ranges=cuts.ranges, clips=clips, figures=figures))
     res = ok([rec], **figures)
     res.children = rows

@@ -251,7 +251,6 @@ def due(self: Driver, stage: Stage, clip: str, prev: StageResult|None) -> bool:
     "Whether (clip, stage) must run: not done by the one rule, and not a decision that stands."
     r = self.run
     if r.overwrite or prev is None or stage.name in self.redo or clip in self.renew: return True
-    if stage.fanout and prev.figures.get('how') == 'fused' and not self.fused: return True   # its clips have no scene files to read
     if prev.status == 'skipped' or (prev.status == 'failed' and not r.retry_failed and not prev.figures.get('out_of_space')): return False
     cfg = r.stage_configs.get(stage.name) or stage.config()
     expected = stage.expects(clip, self.layout, cfg) if stage.expects and not stage.fanout else ()
@@ -265,7 +264,9 @@ def submit(self: Driver, stage: Stage, clip: str, source: str, prio: float):
     self.status[clip][stage.name] = 'running'
     if (clip, stage.name) in self.given: return self.advance(stage, clip, source, prio, self.given.pop((clip, stage.name)), True, recorded=True)
     prev = self.manifest.get(clip, stage.name)
-    if not self.after[stage.name]: self.note_input(stage, clip, source, prev)
+    if not self.after[stage.name]:
+        self.note_input(stage, clip, source, prev)
+        self.note_path(stage, clip, prev)
     if self.due(stage, clip, prev): self.engine.submit(Task(stage.name, clip, str(source), prio), self.layout, self.run, stage)
     else: self.advance(stage, clip, source, prio, prev, fresh=False)
 
@@ -381,9 +382,18 @@ def note_input(self: Driver, stage: Stage, clip: str, source: str, prev: StageRe
     if prev is None or not input_changed(self.manifest.input_of(clip, stage.name), now): return
     log.warning('%s changed since its clips were made: redoing them', shown(source))
     self.renew.add(clip)
-    self.forget({clip_id(o) for o in prev.outputs} if stage.fanout else {clip})   # everything made from the old file
+    self.forget(set(made_clips(prev.figures, prev.outputs)) if stage.fanout else {clip})   # everything made from the old file
     dest = self.layout.path(stage.reads[0], clip, Path(source).suffix.lower()) if stage.reads and not stage.fanout else None
     if dest is not None and Path(source).is_file() and dest.exists() and not dest.samefile(source): link_or_copy(source, dest)   # the copy a later first stage reads
+
+# %% ../nbs/11_pipeline.ipynb #c41e6c7d
+@patch
+def note_path(self: Driver, stage: Stage, clip: str, prev: StageResult|None):
+    "At a fan-out first stage: clips made by the other path (fused, or split into scene files) are forgotten and redone, so that a rerun gives what a fresh run gives."
+    if not (stage.fanout and prev is not None and prev.ok and (prev.figures.get('how') == 'fused') != self.fused): return
+    log.warning('%s was split %s before: redoing its clips %s', clip, *(('into scene files', 'fused') if self.fused else ('fused', 'into scene files')))
+    self.renew.add(clip)
+    self.forget(set(made_clips(prev.figures, prev.outputs)))
 
 # %% ../nbs/11_pipeline.ipynb #c90746b6
 @patch
@@ -459,6 +469,7 @@ def run_pipeline(run: RunConfig, registry: dict|None = None, engine=None, layout
         inputs = place_inputs(run, roots, layout, manifest) if inputs is None else inputs
         d = Driver(stages, after, layout, manifest, engine or make_engine(run, stages), run)
         d.fused = fused
+        if fused and d.redo & {'filter', 'crop'}: d.redo.add('scenes')   # pass 1 makes the filter's and the crop's rows
         for cid, path in sorted(inputs.items(), key=lambda kv: -input_size(kv[1])):
             for s in roots: d.submit(s, cid, str(path), input_size(path))
         d.drain()

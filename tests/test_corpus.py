@@ -3,7 +3,7 @@ a reason a person understands, no traceback, and no output where a stage did not
 import re, shutil, subprocess
 from pathlib import Path
 import pytest
-from talkface.core import Layout, Manifest, discover, is_complete, made_clips, stage_order
+from talkface.core import Layout, Manifest, clip_id, discover, is_complete, made_clips, stage_order
 from talkface.sample import BAD_INPUTS, demo_sample, load_expectations, make_bad_inputs
 from conftest import BIN
 
