@@ -153,8 +153,8 @@ def tree_rss(proc) -> tuple[int, int]:
     return own, own + kids
 
 
-def peak_rss_10min(d: Path) -> tuple[tuple[float, float], float, int]:
-    """Peak RSS (MB) of a run over one 10-minute input, sampled every 0.1 s: (the run's own process, the run and the
+def peak_rss_10min(d: Path, seconds: int = 600) -> tuple[tuple[float, float], float, int]:
+    """Peak RSS (MB) of a run over one 10-minute input (or `seconds` long), sampled every 0.1 s: (the run's own process, the run and the
     ffmpeg processes it starts together); wall s; clips done. (ru_maxrss would not do: a child spawned from a big
     process starts its count from that process's size.)"""
     import psutil
@@ -162,9 +162,9 @@ def peak_rss_10min(d: Path) -> tuple[tuple[float, float], float, int]:
     from talkface.media import ffmpeg_exe, probe
     long_in = d / 'long'; long_in.mkdir()
     lst = d / 'list.txt'
-    n = int(600 / probe(demo_sample()).duration) + 1
+    n = int(seconds / probe(demo_sample()).duration) + 1
     lst.write_text(''.join(f"file '{demo_sample()}'\n" for _ in range(n)))
-    subprocess.run([ffmpeg_exe(), '-v', 'error', '-f', 'concat', '-safe', '0', '-i', str(lst), '-t', '600', '-c', 'copy',
+    subprocess.run([ffmpeg_exe(), '-v', 'error', '-f', 'concat', '-safe', '0', '-i', str(lst), '-t', str(seconds), '-c', 'copy',
                     str(long_in / 'ten_minutes.mp4')], check=True)
     t, own, both = time.perf_counter(), 0, 0
     with open(d / 'long.log', 'w') as log:
@@ -180,7 +180,7 @@ def peak_rss_10min(d: Path) -> tuple[tuple[float, float], float, int]:
     if p.wait() != 0: sys.exit(f"10-minute run failed:\n{(d / 'long.log').read_text()[-3000:]}")
     from talkface.core import Manifest
     done = Manifest(d / 'long_out').counts().get('audio', {}).get('ok', 0)   # clips that went through every stage
-    if done < 100: sys.exit(f"10-minute run: only {done} clips went through every stage:\n{(d / 'long.log').read_text()[-3000:]}")
+    if done < seconds / 6: sys.exit(f"10-minute run: only {done} clips went through every stage:\n{(d / 'long.log').read_text()[-3000:]}")
     return (own / 2**20, both / 2**20), wall, done
 
 
