@@ -181,11 +181,11 @@ def walk_entries(src, skip=()) -> tuple[list[Path], dict[Path, str]]:
 
 # %% ../nbs/00_core.ipynb #3f066ff4
 def input_ids(src, paths) -> dict[Path, str]:
-    "A unique clip id for each path under folder `src`: a top-level file's as `discover` gives it, a deeper one's from its path with `__` between the parts; a clash gets the extension, then a hash."
+    "A unique clip id for each path under folder `src`: a top-level file's as `discover` gives it, a deeper one's from its path with `__` between the parts; a clash gets the extension (a video keeps its name beside a same-named sidecar), then a hash."
     src = Path(src)
     base = {p: clip_id('__'.join(p.relative_to(src).parts)) for p in paths}
     out, taken = {}, set()
-    for p in sorted(paths):
+    for p in sorted(paths, key=lambda p: (p.suffix.lower() not in VIDEO_EXTS, p)):
         cid = base[p]
         if cid in taken or any(cid.startswith(o + '-Scene-') for o in base.values() if o != cid):
             cid = f"{cid}_{p.suffix.lower().lstrip('.')}"
