@@ -219,7 +219,8 @@ def scan_source(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     info = find_combing(src, speech_track(src, probe_input(src)))   # as the split sees it: pixel shape, scan, the audio track with speech
     if not info.has_video: raise BadInput(src, 'no video stream', 'scenes need a video')
     t0 = time.perf_counter()
-    look, hands_reason = looker(filter_cfg, crop_cfg, square_size(info) if square_size(info) != (info.width, info.height) else None)
+    square = square_size(info)
+    look, hands_reason = looker(filter_cfg, crop_cfg, square if square != (info.width, info.height) else None)
     sampler = SceneSampler(look, sampled(filter_cfg, crop_cfg, cfg.keyint), cfg.fps)
     cuts = detect_cuts(src, cfg, sink=sampler)
     scenes, t1 = sampler.finish(cuts, src), time.perf_counter()
@@ -229,8 +230,11 @@ def scan_source(src, layout: Layout, cfg: ScenesConfig = ScenesConfig(), name: s
     spans = [scene_span(src, info, cuts, a, b, sc.n_frames, cfg.fps) for sc, (a, b) in zip(scenes, cuts.ranges)]
     rows = {}
     for clip, sc, span in zip(clips, scenes, spans):
-        if copied: scores, faces = measure(src, filter_cfg), (lambda: sample_boxes(src, crop_cfg))
-        else: scores, faces = scene_scores(sc, span, info, src, span_speech(audio, info, span), size, filter_cfg, hands_reason), (lambda sc=sc: scene_faces(sc, crop_cfg, size))
+        if copied:
+            scores, faces = measure(src, filter_cfg), (lambda: sample_boxes(src, crop_cfg))
+        else:
+            scores = scene_scores(sc, span, info, src, span_speech(audio, info, span), size, filter_cfg, hands_reason)
+            faces = lambda sc=sc: scene_faces(sc, crop_cfg, size)
         rows.update(scene_rows(clip, scores, faces, span, layout, filter_cfg, crop_cfg))
     figures = dict(n_scenes=len(scenes), cuts=cuts.cuts, cut_times=cuts.cut_times, n_frames=cuts.n_frames, fps=round(cuts.fps, 4),
                    duration=round(info.duration, 4), scene_times=scene_times(cuts), how='fused', clips=clips,
